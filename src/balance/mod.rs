@@ -1,0 +1,156 @@
+//! Backends and the algorithms that choose one per new connection, one file
+//! per algorithm behind the [`Balancer`] trait.
+
+mod hash_source_ip;
+mod least_conn;
+mod p2c;
+mod random;
+mod round_robin;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::BalanceKind;
+use crate::metrics::BackendMetrics;
+
+pub use hash_source_ip::HashSourceIp;
+pub use least_conn::LeastConn;
+pub use p2c::PowerOfTwo;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+
+/// One address a cluster can connect to. A DNS name that yields several
+/// addresses gives several backends with the same `address` label.
+#[derive(Clone)]
+pub struct Backend {
+    /// As written in the config: the metric label.
+    pub address: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Live state, shared by every snapshot that names this backend.
+    pub state: Arc<BackendState>,
+}
+
+/// What outlives a reload: health, active count, ejection.
+pub struct BackendState {
+    pub active: AtomicUsize,
+    healthy: AtomicBool,
+    /// Consecutive failed connects seen by the data path.
+    pub connect_failures: AtomicU32,
+    /// Passive ejection: no new connections before this time (ms since start).
+    pub ejected_until_ms: AtomicU64,
+    pub metrics: BackendMetrics,
+}
+
+impl BackendState {
+    pub fn new(metrics: BackendMetrics) -> BackendState {
+        metrics.healthy.set(1);
+        BackendState {
+            active: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            connect_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.metrics.healthy.set(healthy as i64);
+    }
+
+    /// Counts one more connection to this backend until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.active.inc();
+        ActiveGuard(self.clone())
+    }
+}
+
+pub struct ActiveGuard(Arc<BackendState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active.dec();
+    }
+}
+
+/// Chooses a backend for a new connection.
+pub trait Balancer: Send + Sync {
+    /// The index of the chosen backend among those for which `usable`
+    /// holds, or `None` when there is none.
+    fn pick(&self, backends: &[Backend], client: IpAddr, usable: &dyn Fn(usize) -> bool)
+    -> Option<usize>;
+}
+
+pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {
+    match kind {
+        BalanceKind::RoundRobin => Box::new(RoundRobin::new(backends)),
+        BalanceKind::LeastConn => Box::new(LeastConn::default()),
+        BalanceKind::Random => Box::new(Random::new(backends)),
+        BalanceKind::P2c => Box::new(PowerOfTwo::new(backends)),
+        BalanceKind::HashSourceIp => Box::new(HashSourceIp::new(backends)),
+    }
+}
+
+/// `a` carries less load than `b` relative to their weights.
+fn lighter(a: &Backend, b: &Backend) -> bool {
+    let load = |x: &Backend| x.state.active.load(Ordering::Relaxed) as u64;
+    load(a) * u64::from(b.weight) < load(b) * u64::from(a.weight)
+}
+
+/// Weighted random choice among usable backends, by cumulative weight.
+fn weighted_random(backends: &[Backend], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let total: u64 = (0..backends.len())
+        .filter(|&i| usable(i))
+        .map(|i| u64::from(backends[i].weight))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = fastrand::u64(0..total);
+    for (i, b) in backends.iter().enumerate() {
+        if !usable(i) {
+            continue;
+        }
+        let w = u64::from(b.weight);
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    pub fn backends(weights: &[u32]) -> Vec<Backend> {
+        let metrics = Metrics::new(0);
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let address: Arc<str> = format!("10.0.0.{}:80", i + 1).into();
+                Backend {
+                    addr: address.parse().unwrap(),
+                    state: Arc::new(BackendState::new(metrics.backend("c", &address))),
+                    address,
+                    weight,
+                }
+            })
+            .collect()
+    }
+
+    pub fn client() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+}

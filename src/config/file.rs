@@ -1,0 +1,167 @@
+//! The serde mirror of `config.yaml`: every key, nothing checked beyond types.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The YAML document as written. Unknown keys are errors at every level.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub control: FileControl,
+    pub pid_file: Option<String>,
+    #[serde(default)]
+    pub drain: FileDrain,
+    #[serde(default)]
+    pub upgrade: FileUpgrade,
+    #[serde(default)]
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub clusters: Vec<FileCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControl {
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    pub timeout: Option<FileDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpgrade {
+    pub ready_timeout: Option<FileDuration>,
+    pub max_draining: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: String,
+    pub listen: String,
+    pub cluster: String,
+    pub max_connections: Option<u32>,
+    pub proxy_protocol: Option<FileProxyProtocol>,
+    pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxyProtocol {
+    #[serde(default)]
+    pub accept: bool,
+    #[serde(default)]
+    pub send: ProxyProtocolVersion,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    #[default]
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    #[serde(default)]
+    pub certificates: Vec<FileCertificate>,
+    pub session_resumption: Option<bool>,
+    pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub name: String,
+    #[serde(default)]
+    pub balance: BalanceKind,
+    pub connect_timeout: Option<FileDuration>,
+    pub idle_timeout: Option<FileDuration>,
+    pub retries: Option<u32>,
+    pub health_check: Option<FileHealthCheck>,
+    pub resolve_interval: Option<FileDuration>,
+    #[serde(default)]
+    pub backends: Vec<FileBackend>,
+}
+
+/// How a cluster picks a backend for each new connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceKind {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Random,
+    P2c,
+    HashSourceIp,
+}
+
+impl BalanceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceKind::RoundRobin => "round_robin",
+            BalanceKind::LeastConn => "least_conn",
+            BalanceKind::Random => "random",
+            BalanceKind::P2c => "p2c",
+            BalanceKind::HashSourceIp => "hash_source_ip",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub interval: Option<FileDuration>,
+    pub timeout: Option<FileDuration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+/// A duration written as `250ms`, `5s`, `2m`, `1h`; parsed while deserializing
+/// so a malformed one is reported with its key path, line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for FileDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(FileDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like 250ms, 5s, 2m or 1h"
+                ))
+            })
+    }
+}

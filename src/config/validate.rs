@@ -1,0 +1,324 @@
+//! `FileConfig` → `Config`: defaults, references, addresses, limits. Every
+//! problem is collected, so one `baton check` shows them all.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use super::file::{FileCluster, FileConfig, FileDuration, FileListener, ProxyProtocolVersion};
+use super::{
+    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem,
+    UpgradeConfig,
+};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_CONTROL_SOCKET: &str = "baton.sock";
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_DRAINING: u32 = 4;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Weights are small integers, as in HAProxy; the round-robin schedule is
+/// precomputed from them.
+pub const MAX_WEIGHT: u32 = 256;
+
+pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator::default();
+
+    let admin_listen = v.socket_addr(
+        "admin.listen",
+        file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    );
+    let control_socket = base.join(
+        file.control
+            .socket
+            .as_deref()
+            .unwrap_or(DEFAULT_CONTROL_SOCKET),
+    );
+    let pid_file = file.pid_file.as_deref().map(|p| base.join(p));
+    let drain_timeout = v.duration("drain.timeout", file.drain.timeout, DEFAULT_DRAIN_TIMEOUT);
+    let ready_timeout = v.duration(
+        "upgrade.ready_timeout",
+        file.upgrade.ready_timeout,
+        DEFAULT_READY_TIMEOUT,
+    );
+    let max_draining = file.upgrade.max_draining.unwrap_or(DEFAULT_MAX_DRAINING);
+    if max_draining == 0 {
+        v.problem("upgrade.max_draining", "must be at least 1");
+    }
+
+    let clusters: Vec<ClusterConfig> = file
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| v.cluster(i, c))
+        .collect();
+    v.unique_names("clusters", clusters.iter().map(|c| c.name.as_str()));
+
+    let listeners: Vec<ListenerConfig> = file
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| v.listener(i, l, &clusters))
+        .collect();
+    v.unique_names("listeners", file.listeners.iter().map(|l| l.name.as_str()));
+    if let Some(admin) = admin_listen {
+        let mut bound: Vec<(String, SocketAddr)> = vec![("admin.listen".into(), admin)];
+        for (i, l) in file.listeners.iter().enumerate() {
+            if let Some(listener) = listeners.iter().find(|c| c.name == l.name) {
+                let key = format!("listeners[{i}].listen");
+                if let Some((other, _)) = bound.iter().find(|(_, a)| collide(*a, listener.listen))
+                {
+                    v.problem(
+                        &key,
+                        format!(
+                            "{} collides with {other}: two listeners cannot share a port",
+                            listener.listen
+                        ),
+                    );
+                } else {
+                    bound.push((key, listener.listen));
+                }
+            }
+        }
+    }
+
+    if !v.problems.is_empty() {
+        return Err(v.problems);
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        admin_listen: admin_listen.expect("admin.listen was checked above"),
+        control_socket,
+        pid_file,
+        drain_timeout,
+        upgrade: UpgradeConfig {
+            ready_timeout,
+            max_draining: max_draining as usize,
+        },
+        listeners,
+        clusters,
+    })
+}
+
+/// Two listening addresses collide when they share a port and either is a
+/// wildcard or both are the same address.
+fn collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<FileDuration>, default: Duration) -> Duration {
+        match value {
+            Some(FileDuration(d)) if d.is_zero() => {
+                self.problem(path, "must be longer than zero");
+                default
+            }
+            Some(FileDuration(d)) => d,
+            None => default,
+        }
+    }
+
+    fn unique_names<'a>(&mut self, list: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.enumerate() {
+            if name.trim().is_empty() {
+                self.problem(&format!("{list}[{i}].name"), "must not be empty");
+            } else if let Some(first) = seen.insert(name, i) {
+                self.problem(
+                    &format!("{list}[{i}].name"),
+                    format!("{name:?} is already the name of {list}[{first}]"),
+                );
+            }
+        }
+    }
+
+    fn listener(
+        &mut self,
+        i: usize,
+        l: &FileListener,
+        clusters: &[ClusterConfig],
+    ) -> Option<ListenerConfig> {
+        let at = |key: &str| format!("listeners[{i}].{key}");
+        let listen = self.socket_addr(&at("listen"), &l.listen);
+        if !clusters.iter().any(|c| c.name == l.cluster) {
+            self.problem(
+                &at("cluster"),
+                format!("no cluster is named {:?}", l.cluster),
+            );
+        }
+        let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            self.problem(&at("max_connections"), "must be at least 1");
+        }
+        if let Some(pp) = &l.proxy_protocol {
+            if pp.accept || pp.send != ProxyProtocolVersion::None {
+                self.problem(
+                    &at("proxy_protocol"),
+                    "PROXY protocol is not supported by this build yet",
+                );
+            }
+        }
+        if l.tls.is_some() {
+            self.problem(
+                &at("tls"),
+                "TLS termination is not supported by this build yet",
+            );
+        }
+        Some(ListenerConfig {
+            name: l.name.clone(),
+            listen: listen?,
+            cluster: l.cluster.clone(),
+            max_connections: max_connections as usize,
+        })
+    }
+
+    fn cluster(&mut self, i: usize, c: &FileCluster) -> ClusterConfig {
+        let at = |key: &str| format!("clusters[{i}].{key}");
+        let connect_timeout =
+            self.duration(&at("connect_timeout"), c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        let idle_timeout = self.duration(&at("idle_timeout"), c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let resolve_interval = self.duration(
+            &at("resolve_interval"),
+            c.resolve_interval,
+            DEFAULT_RESOLVE_INTERVAL,
+        );
+        let health_check = c.health_check.as_ref().map(|h| {
+            let hc = HealthCheckConfig {
+                interval: self.duration(
+                    &at("health_check.interval"),
+                    h.interval,
+                    DEFAULT_HEALTH_INTERVAL,
+                ),
+                timeout: self.duration(&at("health_check.timeout"), h.timeout, DEFAULT_HEALTH_TIMEOUT),
+                rise: h.rise.unwrap_or(DEFAULT_RISE),
+                fall: h.fall.unwrap_or(DEFAULT_FALL),
+            };
+            if hc.rise == 0 {
+                self.problem(&at("health_check.rise"), "must be at least 1");
+            }
+            if hc.fall == 0 {
+                self.problem(&at("health_check.fall"), "must be at least 1");
+            }
+            hc
+        });
+        if c.backends.is_empty() {
+            self.problem(&at("backends"), "a cluster needs at least one backend");
+        }
+        let mut backends = Vec::with_capacity(c.backends.len());
+        for (j, b) in c.backends.iter().enumerate() {
+            let at = |key: &str| format!("clusters[{i}].backends[{j}].{key}");
+            let weight = b.weight.unwrap_or(1);
+            if weight == 0 || weight > MAX_WEIGHT {
+                self.problem(
+                    &at("weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}, not {weight}"),
+                );
+            }
+            if backends.iter().any(|o: &BackendConfig| o.address == b.address) {
+                self.problem(
+                    &at("address"),
+                    format!("{:?} is listed twice in this cluster", b.address),
+                );
+            }
+            match resolve(&b.address) {
+                Ok(resolved) => backends.push(BackendConfig {
+                    address: b.address.clone(),
+                    weight: weight.clamp(1, MAX_WEIGHT),
+                    resolved,
+                }),
+                Err(message) => self.problem(&at("address"), message),
+            }
+        }
+        ClusterConfig {
+            name: c.name.clone(),
+            balance: c.balance,
+            connect_timeout,
+            idle_timeout,
+            retries: c.retries.unwrap_or(DEFAULT_RETRIES),
+            health_check,
+            resolve_interval,
+            backends,
+        }
+    }
+}
+
+/// Resolves `HOST:PORT` (an IP or a DNS name) to every address it names.
+pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("{address:?} needs a port: write HOST:PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{address:?} is not HOST:PORT"));
+    }
+    match address.to_socket_addrs() {
+        Ok(addrs) => {
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                Err(format!("{host:?} resolves to no address"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("{host:?} does not resolve: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_and_specific_addresses_on_one_port_collide() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(collide(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(collide(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(collide(a("[::]:80"), a("127.0.0.1:80")));
+        assert!(!collide(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!collide(a("0.0.0.0:80"), a("0.0.0.0:81")));
+    }
+
+    #[test]
+    fn resolve_accepts_ips_and_names() {
+        assert_eq!(resolve("127.0.0.1:9").unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
+        assert!(!resolve("localhost:9").unwrap().is_empty());
+        assert!(resolve("localhost").unwrap_err().contains("needs a port"));
+        assert!(resolve("localhost:x").unwrap_err().contains("not HOST:PORT"));
+        assert!(resolve("no-such-host.invalid:9").unwrap_err().contains("does not resolve"));
+    }
+}

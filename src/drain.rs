@@ -1,0 +1,69 @@
+//! The one drain mechanism, used by a graceful stop and by a predecessor
+//! after an upgrade: accept loops end when `accepting` is cancelled; every
+//! connection runs on `connections`; after `drain.timeout` the `force` token
+//! cuts what is left.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Default)]
+pub struct Drain {
+    accepting: CancellationToken,
+    force: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Drain {
+    /// Cancelled when this process stops accepting.
+    pub fn accepting(&self) -> &CancellationToken {
+        &self.accepting
+    }
+
+    /// Cancelled when the drain deadline passes; connections select on it.
+    pub fn force(&self) -> &CancellationToken {
+        &self.force
+    }
+
+    pub fn spawn_connection<F>(&self, connection: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.connections.spawn(connection);
+    }
+
+    /// Connections still open.
+    pub fn active(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
+    }
+
+    /// Stops accepting, waits up to `timeout` for open connections, then
+    /// cuts the rest (each counts itself as a forced close) and waits for
+    /// them to go. Returns how many were cut.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.accepting.cancel();
+        self.connections.close();
+        if tokio::time::timeout(timeout, self.connections.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let remaining = self.connections.len();
+        self.force.cancel();
+        self.connections.wait().await;
+        remaining
+    }
+
+    /// Cuts every connection now (a second stop signal).
+    pub fn cut(&self) {
+        self.accepting.cancel();
+        self.force.cancel();
+    }
+}

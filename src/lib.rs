@@ -1,0 +1,21 @@
+//! baton: a TCP/TLS reverse proxy and load balancer whose config and binary
+//! can be replaced while it serves.
+//!
+//! A client's bytes travel `proxy::serve` (accept) → `proxy::route` →
+//! `balance` → `proxy::connect` → `proxy::copy`. `app` wires the process,
+//! `admin` serves metrics and health, `drain` stops it without cutting
+//! streams.
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod drain;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+
+pub use app::run;

@@ -1,0 +1,367 @@
+//! Every metric of the contract, registered on one owned registry. The data
+//! path holds pre-resolved handles ([`ListenerMetrics`], [`BackendMetrics`]),
+//! never a label lookup per read.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::Config;
+
+/// Metric names, as fixed by SPEC.md.
+pub mod names {
+    pub const BUILD_INFO: &str = "baton_build_info";
+    pub const PROCESS_GENERATION: &str = "baton_process_generation";
+    pub const CONFIG_GENERATION: &str = "baton_config_generation";
+    pub const CONFIG_RELOADS: &str = "baton_config_reloads_total";
+    pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+        "baton_config_last_reload_success_timestamp_seconds";
+    pub const CONFIG_RELOAD_DURATION: &str = "baton_config_reload_duration_seconds";
+    pub const UPGRADES: &str = "baton_upgrades_total";
+    pub const CONNECTIONS_ACCEPTED: &str = "baton_connections_accepted_total";
+    pub const CONNECTIONS_ACTIVE: &str = "baton_connections_active";
+    pub const CONNECTIONS_REJECTED: &str = "baton_connections_rejected_total";
+    pub const CONNECTION_DURATION: &str = "baton_connection_duration_seconds";
+    pub const BYTES_RECEIVED: &str = "baton_bytes_received_total";
+    pub const BYTES_SENT: &str = "baton_bytes_sent_total";
+    pub const LISTENER_MAX_CONNECTIONS: &str = "baton_listener_max_connections";
+    pub const BACKEND_CONNECTIONS_ACTIVE: &str = "baton_backend_connections_active";
+    pub const BACKEND_CONNECT_ERRORS: &str = "baton_backend_connect_errors_total";
+    pub const BACKEND_CONNECT_DURATION: &str = "baton_backend_connect_duration_seconds";
+    pub const BACKEND_HEALTHY: &str = "baton_backend_healthy";
+    pub const DRAINING_PROCESSES: &str = "baton_draining_processes";
+    pub const DRAIN_CONNECTIONS_ACTIVE: &str = "baton_drain_connections_active";
+    pub const DRAIN_ELAPSED: &str = "baton_drain_elapsed_seconds";
+    pub const DRAIN_FORCED_CLOSES: &str = "baton_drain_forced_closes_total";
+    pub const DRAIN_TIMEOUT: &str = "baton_drain_timeout_seconds";
+    pub const TLS_CERTIFICATE_EXPIRY: &str = "baton_tls_certificate_expiry_timestamp_seconds";
+}
+
+/// Why a client was closed without being proxied (`reason` label).
+pub const REJECT_REASONS: [&str; 4] = [
+    "max_connections",
+    "tls_handshake",
+    "proxy_protocol",
+    "sni_no_route",
+];
+
+/// Why a backend connect failed (`reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectErrorReason {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+}
+
+impl ConnectErrorReason {
+    pub const ALL: [ConnectErrorReason; 4] = [
+        ConnectErrorReason::Refused,
+        ConnectErrorReason::Timeout,
+        ConnectErrorReason::Unreachable,
+        ConnectErrorReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectErrorReason::Refused => "refused",
+            ConnectErrorReason::Timeout => "timeout",
+            ConnectErrorReason::Unreachable => "unreachable",
+            ConnectErrorReason::Other => "other",
+        }
+    }
+}
+
+/// Connect latency on loopback is tens of microseconds; across a WAN or a
+/// loaded backend it reaches seconds.
+const CONNECT_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+/// Connections last from milliseconds (a request) to hours (a websocket).
+const CONNECTION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+const RELOAD_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub process_generation: IntGauge,
+    pub config_generation: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    pub config_reload_duration: Histogram,
+    pub upgrades: IntCounterVec,
+    connections_accepted: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections_rejected: IntCounterVec,
+    connection_duration: HistogramVec,
+    bytes_received: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    listener_max_connections: IntGaugeVec,
+    backend_connections_active: IntGaugeVec,
+    backend_connect_errors: IntCounterVec,
+    backend_connect_duration: HistogramVec,
+    backend_healthy: IntGaugeVec,
+    pub draining_processes: IntGauge,
+    pub drain_connections_active: IntGaugeVec,
+    pub drain_elapsed: GaugeVec,
+    pub drain_forced_closes: IntCounter,
+    pub drain_timeout: Gauge,
+    pub tls_certificate_expiry: GaugeVec,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are constants registered once");
+    collector
+}
+
+fn int_counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let opts = Opts::new(name, help);
+    register(r, IntCounterVec::new(opts, labels).expect("valid metric definition"))
+}
+
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let opts = Opts::new(name, help);
+    register(r, IntGaugeVec::new(opts, labels).expect("valid metric definition"))
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(r, HistogramVec::new(opts, labels).expect("valid metric definition"))
+}
+
+impl Metrics {
+    pub fn new(generation: u64) -> Metrics {
+        use names::*;
+        let r = Registry::new();
+        let build_info = int_gauge_vec(&r, BUILD_INFO, "Always 1; the version label names the build.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let process_generation = register(
+            &r,
+            IntGauge::new(PROCESS_GENERATION, "0 on first start, +1 per binary upgrade.")
+                .expect("valid metric definition"),
+        );
+        process_generation.set(generation as i64);
+        let metrics = Metrics {
+            process_generation,
+            config_generation: register(
+                &r,
+                IntGauge::new(CONFIG_GENERATION, "Config generation now serving; +1 per successful reload.")
+                    .expect("valid metric definition"),
+            ),
+            config_reloads: int_counter_vec(&r, CONFIG_RELOADS, "Config reloads by result.", &["result"]),
+            config_last_reload_success: register(
+                &r,
+                Gauge::new(CONFIG_LAST_RELOAD_SUCCESS, "Unix time of the last config that went live.")
+                    .expect("valid metric definition"),
+            ),
+            config_reload_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(CONFIG_RELOAD_DURATION, "From reload request to new config live or refused.")
+                        .buckets(RELOAD_BUCKETS.to_vec()),
+                )
+                .expect("valid metric definition"),
+            ),
+            upgrades: int_counter_vec(&r, UPGRADES, "Binary upgrades by result.", &["result"]),
+            connections_accepted: int_counter_vec(&r, CONNECTIONS_ACCEPTED, "Client connections accepted.", &["listener"]),
+            connections_active: int_gauge_vec(&r, CONNECTIONS_ACTIVE, "Client connections open now.", &["listener"]),
+            connections_rejected: int_counter_vec(
+                &r,
+                CONNECTIONS_REJECTED,
+                "Client connections closed without being proxied, by reason.",
+                &["listener", "reason"],
+            ),
+            connection_duration: histogram_vec(
+                &r,
+                CONNECTION_DURATION,
+                "Lifetime of proxied client connections.",
+                &["listener"],
+                &CONNECTION_BUCKETS,
+            ),
+            bytes_received: int_counter_vec(&r, BYTES_RECEIVED, "Bytes received from clients.", &["listener"]),
+            bytes_sent: int_counter_vec(&r, BYTES_SENT, "Bytes sent to clients.", &["listener"]),
+            listener_max_connections: int_gauge_vec(
+                &r,
+                LISTENER_MAX_CONNECTIONS,
+                "Configured max_connections of each listener.",
+                &["listener"],
+            ),
+            backend_connections_active: int_gauge_vec(
+                &r,
+                BACKEND_CONNECTIONS_ACTIVE,
+                "Connections open to each backend now.",
+                &["cluster", "backend"],
+            ),
+            backend_connect_errors: int_counter_vec(
+                &r,
+                BACKEND_CONNECT_ERRORS,
+                "Failed connects to backends, by reason.",
+                &["cluster", "backend", "reason"],
+            ),
+            backend_connect_duration: histogram_vec(
+                &r,
+                BACKEND_CONNECT_DURATION,
+                "Time to establish a backend connection.",
+                &["cluster"],
+                &CONNECT_BUCKETS,
+            ),
+            backend_healthy: int_gauge_vec(&r, BACKEND_HEALTHY, "1 while a backend takes new connections.", &["cluster", "backend"]),
+            draining_processes: register(
+                &r,
+                IntGauge::new(DRAINING_PROCESSES, "Predecessor processes still draining.")
+                    .expect("valid metric definition"),
+            ),
+            drain_connections_active: int_gauge_vec(
+                &r,
+                DRAIN_CONNECTIONS_ACTIVE,
+                "Connections a draining process still holds.",
+                &["generation"],
+            ),
+            drain_elapsed: register(
+                &r,
+                GaugeVec::new(Opts::new(DRAIN_ELAPSED, "Seconds since a draining process stopped accepting."), &["generation"])
+                    .expect("valid metric definition"),
+            ),
+            drain_forced_closes: register(
+                &r,
+                IntCounter::new(DRAIN_FORCED_CLOSES, "Connections closed because drain.timeout passed.")
+                    .expect("valid metric definition"),
+            ),
+            drain_timeout: register(
+                &r,
+                Gauge::new(DRAIN_TIMEOUT, "Configured drain.timeout in seconds.").expect("valid metric definition"),
+            ),
+            tls_certificate_expiry: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(TLS_CERTIFICATE_EXPIRY, "Unix time at which a served certificate expires."),
+                    &["listener", "cert"],
+                )
+                .expect("valid metric definition"),
+            ),
+            registry: r,
+        };
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
+            metrics.upgrades.with_label_values(&[result]);
+        }
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        // Only Linux has the process collector's data; elsewhere it is simply absent.
+        let _ = metrics.registry.register(Box::new(process));
+        metrics
+    }
+
+    /// Creates the zero-valued series of every configured listener, cluster
+    /// and backend, so dashboards see them before the first connection.
+    pub fn declare(&self, config: &Config) {
+        for l in &config.listeners {
+            let m = self.listener(&l.name);
+            m.max_connections.set(l.max_connections as i64);
+        }
+        for c in &config.clusters {
+            self.backend_connect_duration.with_label_values(&[&c.name]);
+            for b in &c.backends {
+                let m = self.backend(&c.name, &b.address);
+                // Until health checks say otherwise a backend takes traffic.
+                m.healthy.set(1);
+            }
+        }
+        self.drain_timeout.set(config.drain_timeout.as_secs_f64());
+    }
+
+    /// Handles for one listener; resolve once, use for every connection.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            accepted: self.connections_accepted.with_label_values(&[name]),
+            active: self.connections_active.with_label_values(&[name]),
+            rejected: REJECT_REASONS.map(|r| self.connections_rejected.with_label_values(&[name, r])),
+            duration: self.connection_duration.with_label_values(&[name]),
+            bytes_received: self.bytes_received.with_label_values(&[name]),
+            bytes_sent: self.bytes_sent.with_label_values(&[name]),
+            max_connections: self.listener_max_connections.with_label_values(&[name]),
+        }
+    }
+
+    /// Handles for one backend of one cluster.
+    pub fn backend(&self, cluster: &str, address: &str) -> BackendMetrics {
+        BackendMetrics {
+            active: self.backend_connections_active.with_label_values(&[cluster, address]),
+            connect_errors: ConnectErrorReason::ALL.map(|r| {
+                self.backend_connect_errors
+                    .with_label_values(&[cluster, address, r.as_str()])
+            }),
+            connect_duration: self.backend_connect_duration.with_label_values(&[cluster]),
+            healthy: self.backend_healthy.with_label_values(&[cluster, address]),
+        }
+    }
+
+    /// Drops the series of a backend that no config names any more.
+    pub fn forget_backend(&self, cluster: &str, address: &str) {
+        let _ = self.backend_connections_active.remove_label_values(&[cluster, address]);
+        let _ = self.backend_healthy.remove_label_values(&[cluster, address]);
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+/// Index into [`ListenerMetrics::rejected`].
+#[derive(Debug, Clone, Copy)]
+pub enum RejectReason {
+    MaxConnections = 0,
+    TlsHandshake = 1,
+    ProxyProtocol = 2,
+    SniNoRoute = 3,
+}
+
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub accepted: IntCounter,
+    pub active: IntGauge,
+    pub rejected: [IntCounter; 4],
+    pub duration: Histogram,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub max_connections: IntGauge,
+}
+
+impl ListenerMetrics {
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected[reason as usize].inc();
+    }
+}
+
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub active: IntGauge,
+    pub connect_errors: [IntCounter; 4],
+    pub connect_duration: Histogram,
+    pub healthy: IntGauge,
+}
+
+impl BackendMetrics {
+    pub fn connect_error(&self, reason: ConnectErrorReason) {
+        self.connect_errors[reason as usize].inc();
+    }
+}

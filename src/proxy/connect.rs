@@ -1,0 +1,114 @@
+//! Connecting to a backend of a cluster: pick, connect under
+//! `connect_timeout`, and on failure retry another backend up to `retries`.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use super::route::Cluster;
+use crate::balance::{ActiveGuard, Backend};
+use crate::metrics::ConnectErrorReason;
+
+/// A backend connection and the guard that counts it as active.
+pub struct Connected<'a> {
+    pub stream: TcpStream,
+    pub backend: &'a Backend,
+    pub _active: ActiveGuard,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cluster has no backend to try")]
+    NoBackend,
+    #[error("{attempts} connect attempt(s) failed, last to {backend}: {reason} ({detail})")]
+    Failed {
+        attempts: u32,
+        backend: String,
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>, ConnectError> {
+    let backends = &cluster.backends;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last = None;
+    let attempts = cluster.config.retries + 1;
+    for _ in 0..attempts {
+        let Some(i) = pick(cluster, client, &tried) else {
+            break;
+        };
+        tried.push(i);
+        let backend = &backends[i];
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(backend.addr))
+                .await;
+        let (reason, detail) = match result {
+            Ok(Ok(stream)) => {
+                backend
+                    .state
+                    .metrics
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+                backend.state.connect_failures.store(0, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+                return Ok(Connected {
+                    stream,
+                    _active: backend.state.track(),
+                    backend,
+                });
+            }
+            Ok(Err(e)) => (classify(&e), e.to_string()),
+            Err(_) => (ConnectErrorReason::Timeout, "connect_timeout passed".to_string()),
+        };
+        tracing::debug!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, reason = reason.as_str(), "backend connect failed");
+        backend.state.metrics.connect_error(reason);
+        backend.state.connect_failures.fetch_add(1, Ordering::Relaxed);
+        last = Some((backend, reason, detail));
+    }
+    match last {
+        Some((backend, reason, detail)) => Err(ConnectError::Failed {
+            attempts: tried.len() as u32,
+            backend: backend.address.to_string(),
+            reason: reason.as_str(),
+            detail,
+        }),
+        None => Err(ConnectError::NoBackend),
+    }
+}
+
+/// A healthy backend not tried yet; when none is healthy, any backend not
+/// tried yet (fail open, as Envoy's panic threshold does).
+fn pick(cluster: &Cluster, client: IpAddr, tried: &[usize]) -> Option<usize> {
+    let backends = &cluster.backends;
+    cluster
+        .balancer
+        .pick(backends, client, &|i| {
+            !tried.contains(&i) && backends[i].state.is_healthy()
+        })
+        .or_else(|| {
+            let any_healthy = backends.iter().any(|b| b.state.is_healthy());
+            if any_healthy {
+                None
+            } else {
+                cluster
+                    .balancer
+                    .pick(backends, client, &|i| !tried.contains(&i))
+            }
+        })
+}
+
+fn classify(e: &io::Error) -> ConnectErrorReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectErrorReason::Refused,
+        io::ErrorKind::TimedOut => ConnectErrorReason::Timeout,
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+            ConnectErrorReason::Unreachable
+        }
+        _ => ConnectErrorReason::Other,
+    }
+}

@@ -1,0 +1,192 @@
+//! Moving bytes both ways between a client and a backend, with half-close.
+//!
+//! Each direction waits for readiness without holding memory; a 64 KiB buffer
+//! is taken from a per-thread pool only while bytes flow and given back as
+//! soon as the socket has nothing more to read. An idle connection therefore
+//! costs its two sockets and a small task, not two buffers.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const BUFFER_SIZE: usize = 64 * 1024;
+/// Buffers kept per worker thread; more than this in flight are freed on return.
+const POOL_PER_THREAD: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pooled buffer; goes back to the current thread's pool on drop.
+struct Buffer(Option<Box<[u8]>>);
+
+impl Buffer {
+    fn take() -> Buffer {
+        let buf = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
+        Buffer(Some(buf))
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().expect("buffer is present until drop")
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            // try_with: during thread teardown the pool may already be gone.
+            let _ = POOL.try_with(|p| {
+                let mut pool = p.borrow_mut();
+                if pool.len() < POOL_PER_THREAD {
+                    pool.push(buf);
+                }
+            });
+        }
+    }
+}
+
+/// How a proxied connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides closed their half.
+    Closed,
+    ClientError(io::Error),
+    BackendError(io::Error),
+    IdleTimeout,
+    /// `drain.timeout` passed while the stream was open.
+    Forced,
+}
+
+impl End {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientError(_) => "client_error",
+            End::BackendError(_) => "backend_error",
+            End::IdleTimeout => "idle_timeout",
+            End::Forced => "drain_timeout",
+        }
+    }
+}
+
+/// Bytes moved, from the client's point of view.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transferred {
+    pub received: u64,
+    pub sent: u64,
+}
+
+/// Which side an I/O error came from.
+enum Side {
+    Reading(io::Error),
+    Writing(io::Error),
+}
+
+/// Copies until both directions are closed, either side fails, no byte moves
+/// for `idle_timeout`, or `force` fires.
+pub async fn proxy(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle_timeout: Duration,
+    received: &IntCounter,
+    sent: &IntCounter,
+    force: &CancellationToken,
+) -> (End, Transferred) {
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let upstream = pump(client, backend, received, &up_bytes, &last_activity, start);
+    let downstream = pump(backend, client, sent, &down_bytes, &last_activity, start);
+    tokio::pin!(upstream, downstream);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut deadline = start + idle_timeout;
+
+    let end = loop {
+        tokio::select! {
+            r = &mut upstream, if !up_done => match r {
+                Ok(()) => up_done = true,
+                Err(Side::Reading(e)) => break End::ClientError(e),
+                Err(Side::Writing(e)) => break End::BackendError(e),
+            },
+            r = &mut downstream, if !down_done => match r {
+                Ok(()) => down_done = true,
+                Err(Side::Reading(e)) => break End::BackendError(e),
+                Err(Side::Writing(e)) => break End::ClientError(e),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                if last + idle_timeout <= Instant::now() {
+                    break End::IdleTimeout;
+                }
+                deadline = last + idle_timeout;
+            }
+            _ = force.cancelled() => break End::Forced,
+        }
+        if up_done && down_done {
+            break End::Closed;
+        }
+    };
+    let transferred = Transferred {
+        received: up_bytes.load(Ordering::Relaxed),
+        sent: down_bytes.load(Ordering::Relaxed),
+    };
+    (end, transferred)
+}
+
+/// One direction: read what `src` has, write it all to `dst`, and forward
+/// `src`'s FIN as a write shutdown of `dst`. Adds the bytes moved to `moved`.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counter: &IntCounter,
+    moved: &AtomicU64,
+    last_activity: &AtomicU64,
+    start: Instant,
+) -> Result<(), Side> {
+    loop {
+        src.readable().await.map_err(Side::Reading)?;
+        let mut buffer = Buffer::take();
+        let buf = buffer.as_mut();
+        loop {
+            match src.try_read(buf) {
+                Ok(0) => {
+                    // Half-close: the other direction keeps flowing.
+                    let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    write_all(dst, &buf[..n]).await.map_err(Side::Writing)?;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                    counter.inc_by(n as u64);
+                    last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Side::Reading(e)),
+            }
+        }
+        // The buffer returns to the pool here, before waiting again.
+    }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

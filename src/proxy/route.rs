@@ -1,0 +1,126 @@
+//! The routing snapshot: what every new connection consults, immutable, and
+//! swapped as a whole on reload (one `ArcSwap` store). A connection keeps the
+//! `Route` it started with, so a reload never changes an open stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::balance::{Backend, BackendState, Balancer, new_balancer};
+use crate::config::{ClusterConfig, Config, ListenerConfig};
+use crate::metrics::Metrics;
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    routes: HashMap<String, Arc<Route>>,
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// Where a listener sends its connections.
+pub struct Route {
+    pub listener: ListenerConfig,
+    pub cluster: Arc<Cluster>,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub backends: Vec<Backend>,
+    pub balancer: Box<dyn Balancer>,
+}
+
+impl Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        states: &BackendStates,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let backends: Vec<Backend> = c
+                    .backends
+                    .iter()
+                    .flat_map(|b| {
+                        let address: Arc<str> = b.address.as_str().into();
+                        b.resolved.iter().map(move |&addr| (address.clone(), addr, b.weight))
+                    })
+                    .map(|(address, addr, weight)| Backend {
+                        state: states.get(&c.name, &address, addr, metrics),
+                        address,
+                        addr,
+                        weight,
+                    })
+                    .collect();
+                Arc::new(Cluster {
+                    balancer: new_balancer(c.balance, &backends),
+                    config: c.clone(),
+                    backends,
+                })
+            })
+            .collect();
+        let routes = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let cluster = clusters
+                    .iter()
+                    .find(|c| c.config.name == l.cluster)
+                    .expect("validation guarantees every listener's cluster exists")
+                    .clone();
+                let route = Route {
+                    listener: l.clone(),
+                    cluster,
+                };
+                (l.name.clone(), Arc::new(route))
+            })
+            .collect();
+        Snapshot {
+            generation,
+            config,
+            routes,
+            clusters,
+        }
+    }
+
+    pub fn route(&self, listener: &str) -> Option<&Arc<Route>> {
+        self.routes.get(listener)
+    }
+}
+
+type BackendKey = (String, Arc<str>, SocketAddr);
+
+/// Live backend state by (cluster, address label, resolved address): a new
+/// snapshot reuses the state of every backend an older one still holds, so
+/// health and active counts survive reloads.
+#[derive(Default)]
+pub struct BackendStates {
+    states: Mutex<HashMap<BackendKey, Weak<BackendState>>>,
+}
+
+impl BackendStates {
+    fn get(
+        &self,
+        cluster: &str,
+        address: &Arc<str>,
+        addr: SocketAddr,
+        metrics: &Metrics,
+    ) -> Arc<BackendState> {
+        let mut states = self.states.lock().expect("backend state lock is never poisoned");
+        let key = (cluster.to_string(), address.clone(), addr);
+        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(BackendState::new(metrics.backend(cluster, address)));
+        states.insert(key, Arc::downgrade(&state));
+        state
+    }
+
+    /// Forgets backends no snapshot holds any more.
+    pub fn prune(&self) {
+        let mut states = self.states.lock().expect("backend state lock is never poisoned");
+        states.retain(|_, s| s.strong_count() > 0);
+    }
+}

@@ -1,0 +1,195 @@
+//! Accept loops and the life of one proxied connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Proxy;
+use super::connect::connect;
+use super::copy::{self, End};
+use crate::metrics::{ListenerMetrics, RejectReason};
+
+/// One listener's accept loop state. `active` outlives reloads, so
+/// `max_connections` counts every connection the listener holds.
+pub struct AcceptLoop {
+    pub name: Arc<str>,
+    pub proxy: Arc<Proxy>,
+    pub metrics: ListenerMetrics,
+    pub active: Arc<AtomicUsize>,
+}
+
+/// What an accept loop does with its queue when told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Serve what the kernel already queued, then close (listener removed
+    /// by a reload, or a stop): no queued client is reset.
+    ServeQueued,
+    /// Leave the queue to the process that shares the socket (hand-over).
+    LeaveQueued,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptLoop {
+    pub async fn run(self, listener: TcpListener, stop: CancellationToken, on_stop: OnStop) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = BACKOFF_MIN;
+                    self.admit(stream, peer);
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queue stays, so
+                    // retrying at once would spin. Back off and try again.
+                    tracing::warn!(listener = %self.name, error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        if on_stop == OnStop::ServeQueued {
+            // A zero timeout still polls accept once: whatever is queued now.
+            while let Ok(Ok((stream, peer))) =
+                tokio::time::timeout(Duration::ZERO, listener.accept()).await
+            {
+                self.admit(stream, peer);
+            }
+        }
+        tracing::debug!(listener = %self.name, "stopped accepting");
+    }
+
+    /// Starts serving `stream`, or closes it at once past `max_connections`.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let snapshot = self.proxy.snapshot.load();
+        let Some(route) = snapshot.route(&self.name).cloned() else {
+            // The listener left the config; its loop is about to stop.
+            return;
+        };
+        drop(snapshot);
+        self.metrics.accepted.inc();
+        let max = route.listener.max_connections;
+        if self.active.fetch_add(1, Ordering::AcqRel) >= max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.reject(RejectReason::MaxConnections);
+            tracing::debug!(listener = %self.name, client = %peer, "closed: max_connections reached");
+            return;
+        }
+        let guard = ActiveConnection {
+            active: self.active.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.metrics.active.inc();
+        let proxy = self.proxy.clone();
+        let name = self.name.clone();
+        self.proxy.drain.spawn_connection(async move {
+            serve(stream, peer, &name, &route, &proxy, &guard.metrics).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Releases a connection's place in its listener's count.
+struct ActiveConnection {
+    active: Arc<AtomicUsize>,
+    metrics: ListenerMetrics,
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.active.dec();
+    }
+}
+
+/// route → connect → copy, then one access-log line.
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    route: &super::route::Route,
+    proxy: &Proxy,
+    metrics: &ListenerMetrics,
+) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let cluster = &route.cluster;
+    let connected = tokio::select! {
+        c = connect(cluster, peer.ip()) => c,
+        _ = proxy.drain.force().cancelled() => {
+            proxy.metrics.drain_forced_closes.inc();
+            return;
+        }
+    };
+    let backend = match connected {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(
+                target: "baton::access",
+                client = %peer,
+                listener,
+                cluster = %cluster.config.name,
+                error = %e,
+                "no backend connection; client closed"
+            );
+            return;
+        }
+    };
+    let (end, bytes) = copy::proxy(
+        &client,
+        &backend.stream,
+        cluster.config.idle_timeout,
+        &metrics.bytes_received,
+        &metrics.bytes_sent,
+        proxy.drain.force(),
+    )
+    .await;
+    if matches!(end, End::Forced) {
+        proxy.metrics.drain_forced_closes.inc();
+    }
+    let duration = started.elapsed();
+    metrics.duration.observe(duration.as_secs_f64());
+    let error = match &end {
+        End::ClientError(e) | End::BackendError(e) => Some(e.to_string()),
+        _ => None,
+    };
+    tracing::info!(
+        target: "baton::access",
+        client = %peer,
+        listener,
+        backend = %backend.backend.address,
+        backend_addr = %backend.backend.addr,
+        received = bytes.received,
+        sent = bytes.sent,
+        duration_ms = duration.as_millis() as u64,
+        end = end.as_str(),
+        error,
+        "connection"
+    );
+}
+
+/// Accept errors that concern one connection only; the next accept works.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || e.raw_os_error() == Some(nix::libc::EPROTO)
+}

@@ -1,0 +1,221 @@
+//! The data path from outside: balancing order, bytes intact, half-close,
+//! idle timeout, max_connections, and accept under fd exhaustion.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn weighted_round_robin_spreads_turns_smoothly() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let mut config = ConfigBuilder::new(&[&a, &b]);
+    config.backends[0].1 = 3;
+    let baton = Baton::start(&config.yaml());
+    let order: Vec<String> = (0..8).map(|_| connect_named(config.listen).1).collect();
+    assert_eq!(order, ["a", "a", "b", "a", "a", "a", "b", "a"]);
+    drop(baton);
+}
+
+#[test]
+fn ten_megabytes_arrive_intact_both_ways() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let baton = Baton::start(&config.yaml());
+
+    let mut data = vec![0u8; 10 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for byte in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    let stream = TcpStream::connect(config.listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sent = data.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut received = Vec::with_capacity(data.len());
+    (&stream).read_to_end(&mut received).unwrap();
+    sender.join().unwrap();
+    assert_eq!(received.len(), data.len());
+    assert!(received == data, "echoed bytes differ");
+
+    let received_metric = format!("baton_bytes_received_total{{listener=\"web\"}}");
+    wait_until(Duration::from_secs(5), "byte counters", || {
+        baton.metric(&received_metric) == Some(data.len() as f64)
+            && baton.metric("baton_bytes_sent_total{listener=\"web\"}") == Some(data.len() as f64)
+    });
+}
+
+#[test]
+fn client_fin_is_forwarded_while_the_backend_keeps_sending() {
+    // The backend reads to EOF, then answers: only works if the client's
+    // half-close reaches it while the other direction stays open.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        s.write_all(b"got ").unwrap();
+        s.write_all(&request).unwrap();
+    });
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(backend_addr, 1)];
+    let _baton = Baton::start(&config.yaml());
+
+    let mut client = TcpStream::connect(config.listen).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(b"question").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "got question");
+    server.join().unwrap();
+}
+
+#[test]
+fn backend_fin_is_forwarded_while_the_client_keeps_sending() {
+    // The backend says hello and closes its sending half at once, then
+    // keeps reading what the client sends after that.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"hello").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(backend_addr, 1)];
+    let _baton = Baton::start(&config.yaml());
+
+    let mut client = TcpStream::connect(config.listen).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = String::new();
+    client.read_to_string(&mut hello).unwrap();
+    assert_eq!(hello, "hello", "backend's FIN reached the client as EOF");
+    client.write_all(b"after your FIN").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), b"after your FIN");
+}
+
+#[test]
+fn idle_connections_are_closed_after_idle_timeout() {
+    let echo = Backend::echo();
+    let mut config = ConfigBuilder::new(&[&echo]);
+    config.cluster_extra = "    idle_timeout: 300ms\n".into();
+    let _baton = Baton::start(&config.yaml());
+
+    let mut client = TcpStream::connect(config.listen).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Activity keeps it open past the timeout.
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(100));
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+    }
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 1];
+    let n = client.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "connection closed");
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
+        "closed after {idle:?} idle"
+    );
+}
+
+#[test]
+fn max_connections_closes_extra_clients_at_once() {
+    let echo = Backend::echo();
+    let mut config = ConfigBuilder::new(&[&echo]);
+    config.listener_extra = "    max_connections: 2\n".into();
+    let baton = Baton::start(&config.yaml());
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(config.listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(config.listen).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut b = [0u8; 1];
+    let n = extra.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "extra client is closed");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once, not left waiting");
+    wait_until(Duration::from_secs(5), "rejection counted", || {
+        baton.metric("baton_connections_rejected_total{listener=\"web\",reason=\"max_connections\"}")
+            == Some(1.0)
+    });
+    assert_eq!(baton.metric("baton_connections_active{listener=\"web\"}"), Some(2.0));
+
+    // A freed place is usable again.
+    drop(held.pop());
+    wait_until(Duration::from_secs(5), "a place frees up", || {
+        baton.metric("baton_connections_active{listener=\"web\"}") == Some(1.0)
+    });
+    let mut again = TcpStream::connect(config.listen).unwrap();
+    again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    again.write_all(b"y").unwrap();
+    again.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y");
+}
+
+#[test]
+fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    // A hard limit of 48 descriptors: baton cannot raise it, and about a
+    // dozen held connections exhaust it.
+    let baton = Baton::start_with(&config.yaml(), Some("ulimit -n 48"));
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        if let Ok(s) = TcpStream::connect_timeout(&config.listen, Duration::from_secs(1)) {
+            clients.push(s);
+        }
+    }
+    // Let the accept loop meet EMFILE for a while, and measure its CPU.
+    let cpu_before = cpu_seconds(baton.pid());
+    let watch = Instant::now();
+    wait_until(Duration::from_secs(5), "a second under fd exhaustion", || {
+        watch.elapsed() >= Duration::from_secs(1)
+    });
+    let cpu = cpu_seconds(baton.pid()) - cpu_before;
+    assert!(cpu < 0.5, "accept loop spun: {cpu} CPU-s in 1 s");
+    drop(clients);
+
+    // Served again once descriptors are free.
+    wait_until(Duration::from_secs(10), "service after fd exhaustion", || {
+        let Ok(mut s) = TcpStream::connect(config.listen) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 2];
+        s.write_all(b"ok").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ok"
+    });
+    assert!(http_get(baton.admin, "/healthz").is_ok());
+    assert!(
+        baton.log().contains("Too many open files"),
+        "the test did exhaust descriptors:\n{}",
+        baton.log()
+    );
+}

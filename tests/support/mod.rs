@@ -1,0 +1,341 @@
+//! Test support: the real `baton` binary on real loopback sockets, backends
+//! that say who they are, and polling helpers with deadlines.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A backend that writes `<name>\n` on every new connection, then echoes
+/// every byte, and forwards the client's FIN as its own.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        Backend::start_with(name, true)
+    }
+
+    /// A backend that echoes without announcing itself.
+    pub fn echo() -> Backend {
+        Backend::start_with("echo", false)
+    }
+
+    fn start_with(name: &str, announce: bool) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s, n) = (accepted.clone(), stop.clone(), name.to_string());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                a.fetch_add(1, Ordering::Relaxed);
+                let n = n.clone();
+                thread::spawn(move || {
+                    if announce && stream.write_all(format!("{n}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) => {
+                                let _ = stream.shutdown(Shutdown::Write);
+                                return;
+                            }
+                            Ok(k) => {
+                                if stream.write_all(&buf[..k]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            accepted,
+            stop,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// A running `baton run` process with its own folder and log file.
+pub struct Baton {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub admin: SocketAddr,
+    log_path: PathBuf,
+}
+
+impl Baton {
+    /// Writes `config` (YAML) into a fresh folder, starts baton on it and
+    /// waits for `/readyz`.
+    pub fn start(config: &str) -> Baton {
+        Baton::start_with(config, None)
+    }
+
+    /// As `start`, with `shell` (such as `ulimit -n 48`) run by `sh` first.
+    pub fn start_with(config: &str, shell: Option<&str>) -> Baton {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("baton.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = match shell {
+            None => Command::new(BATON),
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" \"$@\""))
+                    .arg(BATON);
+                c
+            }
+        };
+        command
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env("RUST_LOG", "info");
+        let child = command.spawn().unwrap();
+        let admin = admin_of(config);
+        let mut baton = Baton {
+            child,
+            dir,
+            config_path,
+            admin,
+            log_path,
+        };
+        baton.wait_ready();
+        baton
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("baton exited with {status} before it was ready:\n{}", self.log());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "baton not ready:\n{}", self.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "baton did not exit:\n{}", self.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.admin, "/metrics").expect("admin answers");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of one series, e.g. `baton_connections_active{listener="web"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(), series)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn admin_of(config: &str) -> SocketAddr {
+    let value: serde_yaml::Value = serde_yaml::from_str(config).unwrap();
+    value["admin"]["listen"].as_str().unwrap().parse().unwrap()
+}
+
+/// Finds `series` (name and labels exactly as exposed) in a text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Connects through baton and returns the stream and the name of the
+/// backend that answered.
+pub fn connect_named(addr: SocketAddr) -> (TcpStream, String) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    (stream, line.trim_end().to_string())
+}
+
+/// A baseline config: one listener `web` on `listen`, one cluster `app`.
+pub struct ConfigBuilder {
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+    pub extra_top: String,
+    pub listener_extra: String,
+    pub cluster_extra: String,
+    pub backends: Vec<(SocketAddr, u32)>,
+}
+
+impl ConfigBuilder {
+    pub fn new(backends: &[&Backend]) -> ConfigBuilder {
+        ConfigBuilder {
+            admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            extra_top: String::new(),
+            listener_extra: String::new(),
+            cluster_extra: String::new(),
+            backends: backends.iter().map(|b| (b.addr, 1)).collect(),
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let mut backends = String::new();
+        for (addr, weight) in &self.backends {
+            backends.push_str(&format!("      - {{ address: \"{addr}\", weight: {weight} }}\n"));
+        }
+        format!(
+            "admin:\n  listen: \"{admin}\"\ncontrol:\n  socket: baton.sock\npid_file: baton.pid\n{extra_top}\
+             listeners:\n  - name: web\n    listen: \"{listen}\"\n    cluster: app\n{listener_extra}\
+             clusters:\n  - name: app\n{cluster_extra}    backends:\n{backends}",
+            admin = self.admin,
+            listen = self.listen,
+            extra_top = self.extra_top,
+            listener_extra = self.listener_extra,
+            cluster_extra = self.cluster_extra,
+        )
+    }
+}
+
+/// Runs `baton check` on `yaml` written into `dir` as config.yaml.
+pub fn check(dir: &Path, yaml: &str) -> (bool, String) {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BATON)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
