@@ -1,26 +1,31 @@
-//! Wiring: builds the routing snapshot, binds listeners and admin, runs until
-//! a stop signal, then drains. Phases: `Starting → Ready → Draining → Stopped`.
+//! Wiring: builds the routing snapshot, binds listeners, admin and control,
+//! runs until a stop signal, then drains.
+//! Phases: `Starting → Ready → Draining → Stopped`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::{self, Command, Response};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::listener::bind;
 use crate::proxy::route::{BackendStates, Snapshot};
-use crate::proxy::serve::{AcceptLoop, OnStop};
+use crate::proxy::serve::AcceptLoop;
+use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status};
+use crate::systemd;
 
 /// Where the process is in its life; `/readyz` is 200 only in `Ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +58,31 @@ impl Lifecycle {
 }
 
 /// A listener this process accepts on.
-struct RunningListener {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    active: Arc<AtomicUsize>,
+pub(crate) struct RunningListener {
+    pub addr: SocketAddr,
+    /// Our own handle on the socket, for renames and hand-over; dropped
+    /// (closed) together with the accept loop's.
+    pub socket: std::net::TcpListener,
+    pub stop: CancellationToken,
+    /// Set before `stop` fires: leave queued connections to a process that
+    /// shares the socket instead of serving them.
+    pub leave_queue: Arc<AtomicBool>,
+    pub active: Arc<AtomicUsize>,
+}
+
+impl RunningListener {
+    /// Stops accepting. Closing our fds never affects another process that
+    /// shares the socket (no `shutdown(2)`).
+    pub fn stop(self, leave_queue: bool) {
+        self.leave_queue.store(leave_queue, Ordering::Release);
+        self.stop.cancel();
+    }
+}
+
+/// The admin server of this process.
+pub(crate) struct AdminServer {
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
 }
 
 /// The running process.
@@ -65,8 +91,13 @@ pub struct App {
     /// Process generation: 0 on first start, +1 per upgrade.
     pub generation: u64,
     lifecycle: AtomicU8,
-    backend_states: BackendStates,
-    listeners: Mutex<HashMap<String, RunningListener>>,
+    pub(crate) backend_states: BackendStates,
+    pub(crate) listeners: Mutex<HashMap<String, RunningListener>>,
+    pub(crate) admin: Mutex<Option<AdminServer>>,
+    /// One reload at a time.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// SIGHUPs are stored here; several during one reload make one more.
+    pub(crate) reload_requested: Notify,
 }
 
 impl App {
@@ -85,27 +116,29 @@ impl App {
 
     pub fn status(&self) -> Status {
         let snapshot = self.proxy.snapshot.load();
-        let listeners = self.listeners.lock().expect("listener lock is never poisoned");
+        let listeners = self
+            .listeners
+            .lock()
+            .expect("listener lock is never poisoned");
         Status {
             pid: std::process::id(),
             generation: self.generation,
             config_generation: snapshot.generation,
-            lifecycle: self.lifecycle().as_str(),
+            lifecycle: self.lifecycle().as_str().to_string(),
+            config: snapshot.config.path.display().to_string(),
             listeners: snapshot
                 .config
                 .listeners
                 .iter()
-                .map(|l| ListenerStatus {
-                    name: l.name.clone(),
-                    address: listeners
-                        .get(&l.name)
-                        .map_or(l.listen, |r| r.addr)
-                        .to_string(),
-                    cluster: l.cluster.clone(),
-                    active: listeners
-                        .get(&l.name)
-                        .map_or(0, |r| r.active.load(Ordering::Relaxed)),
-                    max_connections: l.max_connections,
+                .map(|l| {
+                    let running = listeners.get(&l.name);
+                    ListenerStatus {
+                        name: l.name.clone(),
+                        address: running.map_or(l.listen, |r| r.addr).to_string(),
+                        cluster: l.cluster.clone(),
+                        active: running.map_or(0, |r| r.active.load(Ordering::Relaxed)),
+                        max_connections: l.max_connections,
+                    }
                 })
                 .collect(),
             clusters: snapshot
@@ -113,7 +146,7 @@ impl App {
                 .iter()
                 .map(|c| ClusterStatus {
                     name: c.config.name.clone(),
-                    balance: c.config.balance.as_str(),
+                    balance: c.config.balance.as_str().to_string(),
                     backends: c
                         .backends
                         .iter()
@@ -131,11 +164,39 @@ impl App {
         }
     }
 
-    /// Starts accepting on `listener` under the name `name`.
-    fn start_listener(self: &Arc<Self>, name: &str, listener: std::net::TcpListener) -> anyhow::Result<()> {
-        let addr = listener.local_addr()?;
-        let listener = TcpListener::from_std(listener)?;
+    /// Answers one control-socket command.
+    pub async fn control(self: Arc<Self>, command: Command) -> Response {
+        match command {
+            Command::Status => Response {
+                status: Some(self.status()),
+                ..Response::ok()
+            },
+            Command::Reload { dry_run } => match self.reload_lock.try_lock() {
+                Err(_) => {
+                    Response::error("a reload is already in progress; try again when it ends")
+                }
+                Ok(guard) => match self.reload_locked(dry_run, guard).await {
+                    Ok(report) => Response {
+                        reload: Some(report),
+                        ..Response::ok()
+                    },
+                    Err(e) => Response::error(e.to_string()),
+                },
+            },
+        }
+    }
+
+    /// Starts accepting on `socket` under the listener name `name`.
+    pub(crate) fn start_listener(
+        self: &Arc<Self>,
+        name: &str,
+        socket: std::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        let addr = socket.local_addr()?;
+        let ours = socket.try_clone()?;
+        let listener = TcpListener::from_std(socket)?;
         let stop = self.proxy.drain.accepting().child_token();
+        let leave_queue = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
         let accept = AcceptLoop {
             name: name.into(),
@@ -143,64 +204,110 @@ impl App {
             metrics: self.proxy.metrics.listener(name),
             active: active.clone(),
         };
-        tokio::spawn(accept.run(listener, stop.clone(), OnStop::ServeQueued));
-        self.listeners
+        tokio::spawn(accept.run(listener, stop.clone(), leave_queue.clone()));
+        let running = RunningListener {
+            addr,
+            socket: ours,
+            stop,
+            leave_queue,
+            active,
+        };
+        let old = self
+            .listeners
             .lock()
             .expect("listener lock is never poisoned")
-            .insert(name.to_string(), RunningListener { addr, stop, active });
+            .insert(name.to_string(), running);
+        if let Some(old) = old {
+            old.stop(false);
+        }
         tracing::info!(listener = name, %addr, "listening");
         Ok(())
     }
-}
 
-/// The JSON of `/status` and `baton status`.
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub pid: u32,
-    pub generation: u64,
-    pub config_generation: u64,
-    pub lifecycle: &'static str,
-    pub listeners: Vec<ListenerStatus>,
-    pub clusters: Vec<ClusterStatus>,
-    pub draining: Vec<DrainingStatus>,
-}
+    pub(crate) fn start_admin(
+        self: &Arc<Self>,
+        socket: std::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        let addr = socket.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::admin::serve(
+            TcpListener::from_std(socket)?,
+            self.clone(),
+            stop.clone(),
+        ));
+        let old = self
+            .admin
+            .lock()
+            .expect("admin lock is never poisoned")
+            .replace(AdminServer { stop, task });
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+        tracing::info!(%addr, "admin listening");
+        Ok(())
+    }
 
-#[derive(Debug, Serialize)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub address: String,
-    pub cluster: String,
-    pub active: usize,
-    pub max_connections: usize,
-}
+    /// Stops every accept loop and closes this process's listening fds.
+    fn stop_listeners(&self, leave_queue: bool) {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .expect("listener lock is never poisoned");
+        for (_, l) in listeners.drain() {
+            l.stop(leave_queue);
+        }
+    }
 
-#[derive(Debug, Serialize)]
-pub struct ClusterStatus {
-    pub name: String,
-    pub balance: &'static str,
-    pub backends: Vec<BackendStatus>,
-}
+    async fn stop_admin(&self) {
+        let admin = self
+            .admin
+            .lock()
+            .expect("admin lock is never poisoned")
+            .take();
+        if let Some(admin) = admin {
+            admin.stop.cancel();
+            let _ = admin.task.await;
+        }
+    }
 
-#[derive(Debug, Serialize)]
-pub struct BackendStatus {
-    pub address: String,
-    pub resolved: String,
-    pub weight: u32,
-    pub healthy: bool,
-    pub active: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DrainingStatus {
-    pub pid: u32,
-    pub generation: u64,
-    pub connections: u64,
-    pub elapsed_seconds: f64,
+    /// Reloads on every SIGHUP; SIGHUPs that arrive during a reload make
+    /// exactly one more afterwards.
+    async fn reload_on_request(self: Arc<Self>) {
+        loop {
+            self.reload_requested.notified().await;
+            if self.lifecycle() != Lifecycle::Ready {
+                tracing::info!("SIGHUP ignored: not serving");
+                continue;
+            }
+            let guard = self.reload_lock.lock().await;
+            match self.reload_locked(false, guard).await {
+                Ok(report) => tracing::info!(
+                    generation = report.config_generation,
+                    changes = %report.changes.join("; "),
+                    "SIGHUP reload done"
+                ),
+                Err(e) => tracing::error!("SIGHUP reload refused: {e}"),
+            }
+        }
+    }
 }
 
 /// Runs baton in this process until a stop signal and the drain after it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::limits::raise_nofile();
+    let control_socket = control::bind(&config.control_socket)?;
+    let control_path = config.control_socket.clone();
+    let result = serve(config, control_socket).await;
+    // Only the process that owns the control socket removes it, and only
+    // when it stops for good.
+    let _ = std::fs::remove_file(&control_path);
+    result
+}
+
+async fn serve(
+    config: Config,
+    control_socket: std::os::unix::net::UnixListener,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new(0);
     metrics.declare(&config);
     metrics.config_generation.set(1);
@@ -218,6 +325,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
         backend_states,
         listeners: Mutex::new(HashMap::new()),
+        admin: Mutex::new(None),
+        reload_lock: tokio::sync::Mutex::new(()),
+        reload_requested: Notify::new(),
     });
 
     // Bind everything before serving anything: a port in use fails the start
@@ -238,31 +348,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (name, socket) in bound {
         app.start_listener(&name, socket)?;
     }
-    let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(crate::admin::serve(
-        TcpListener::from_std(admin_socket)?,
+    app.start_admin(admin_socket)?;
+    let control_stop = CancellationToken::new();
+    let control_task = tokio::spawn(control::serve(
+        tokio::net::UnixListener::from_std(control_socket)?,
         app.clone(),
-        admin_stop.clone(),
+        control_stop.clone(),
     ));
-    tracing::info!(admin = %config.admin_listen, "admin listening");
     if let Some(pid_file) = &config.pid_file {
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
     }
+    tokio::spawn(app.clone().reload_on_request());
     app.set_lifecycle(Lifecycle::Ready);
+    systemd::ready();
     tracing::info!(pid = std::process::id(), config = %config.path.display(), summary = %config.summary(), "baton is serving");
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                tracing::warn!("SIGHUP: config reload is not available in this build; nothing changed");
-            }
+            _ = sighup.recv() => app.reload_requested.notify_one(),
         }
     }
 
     app.set_lifecycle(Lifecycle::Draining);
+    systemd::stopping();
+    app.stop_listeners(false);
     let drain_timeout = app.proxy.snapshot.load().config.drain_timeout;
     tracing::info!(connections = app.proxy.drain.active(), timeout = ?drain_timeout, "stopping: draining open connections");
     let forced = tokio::select! {
@@ -273,10 +385,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if forced > 0 {
         tracing::warn!(forced, "drain timeout: closed the remaining connections");
     }
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    if let Some(pid_file) = &config.pid_file {
-        let _ = std::fs::remove_file(pid_file);
+    app.stop_admin().await;
+    control_stop.cancel();
+    let _ = control_task.await;
+    let pid_file = app.proxy.snapshot.load().config.pid_file.clone();
+    if let Some(pid_file) = pid_file {
+        remove_pid_file(&pid_file);
     }
     app.set_lifecycle(Lifecycle::Stopped);
     tracing::info!("stopped");
@@ -297,4 +411,14 @@ pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
     let tmp: PathBuf = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
     std::fs::rename(&tmp, path)
+}
+
+/// Removes the pid file if it still names this process.
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .map(|s| s.trim() == std::process::id().to_string())
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -12,10 +12,14 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod status;
+pub mod systemd;
 
 pub use app::run;

@@ -1,21 +1,35 @@
 //! The `baton` command line: parse, then hand over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use baton::config::Config;
+use baton::config::{self, Config};
+use baton::control::{self, Command as ControlCommand};
 use baton::logging::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "A TCP/TLS reverse proxy and load balancer you can reload and upgrade while it serves")]
+#[command(
+    name = "baton",
+    version,
+    about = "A TCP/TLS reverse proxy and load balancer you can reload and upgrade while it serves"
+)]
 struct Cli {
     /// The config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "config.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "config.yaml"
+    )]
     config: PathBuf,
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Talk to this control socket instead of the config's `control.socket`.
+    #[arg(long, global = true)]
+    control_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -26,6 +40,18 @@ enum Command {
     Run,
     /// Validate a config: exit 0 if valid, 1 with every error if not.
     Check,
+    /// Ask the running baton to reload its config; exit 0 once it is live.
+    Reload {
+        /// Print what would change without applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show the running baton's listeners, clusters, backends and drains.
+    Status {
+        /// Print the JSON that /status serves.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,10 +59,12 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config, cli.log_format),
+        Command::Reload { dry_run } => reload(&socket(&cli.config, cli.control_socket), dry_run),
+        Command::Status { json } => status(&socket(&cli.config, cli.control_socket), json),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!("{}: ok: {}", config.path.display(), config.summary());
@@ -50,7 +78,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
+fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     logging::init(log_format);
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -61,7 +89,10 @@ fn run(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
     };
     // The multi-thread runtime honours TOKIO_WORKER_THREADS; by default one
     // worker per core.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -72,6 +103,76 @@ fn run(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("baton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The control socket: `--control-socket`, else `control.socket` read
+/// leniently from the config file.
+fn socket(config: &Path, explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| match config::control_socket_of(config) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            std::process::exit(1);
+        }
+    })
+}
+
+fn reload(socket: &Path, dry_run: bool) -> ExitCode {
+    let command = ControlCommand::Reload { dry_run };
+    match control::request(socket, &command, Duration::from_secs(300)) {
+        Ok(r) if r.ok => {
+            let report = r.reload.unwrap_or_default();
+            if dry_run {
+                println!("dry run: the reload would change:");
+            } else {
+                println!(
+                    "reloaded: config generation {} is live ({:.1} ms)",
+                    report.config_generation, report.duration_ms
+                );
+            }
+            for change in report.changes {
+                println!("  {change}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("reload failed: {}", r.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("reload failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(socket: &Path, json: bool) -> ExitCode {
+    match control::request(socket, &ControlCommand::Status, Duration::from_secs(10)) {
+        Ok(r) if r.ok => {
+            let status = r.status.unwrap_or_else(|| {
+                eprintln!("baton: the answer held no status");
+                std::process::exit(1);
+            });
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+            } else {
+                print!("{}", status.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("status failed: {}", r.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("status failed: {e}");
             ExitCode::FAILURE
         }
     }

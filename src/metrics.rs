@@ -124,12 +124,18 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -
 
 fn int_counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let opts = Opts::new(name, help);
-    register(r, IntCounterVec::new(opts, labels).expect("valid metric definition"))
+    register(
+        r,
+        IntCounterVec::new(opts, labels).expect("valid metric definition"),
+    )
 }
 
 fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let opts = Opts::new(name, help);
-    register(r, IntGaugeVec::new(opts, labels).expect("valid metric definition"))
+    register(
+        r,
+        IntGaugeVec::new(opts, labels).expect("valid metric definition"),
+    )
 }
 
 fn histogram_vec(
@@ -140,45 +146,82 @@ fn histogram_vec(
     buckets: &[f64],
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    register(r, HistogramVec::new(opts, labels).expect("valid metric definition"))
+    register(
+        r,
+        HistogramVec::new(opts, labels).expect("valid metric definition"),
+    )
 }
 
 impl Metrics {
     pub fn new(generation: u64) -> Metrics {
         use names::*;
         let r = Registry::new();
-        let build_info = int_gauge_vec(&r, BUILD_INFO, "Always 1; the version label names the build.", &["version"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build_info = int_gauge_vec(
+            &r,
+            BUILD_INFO,
+            "Always 1; the version label names the build.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let process_generation = register(
             &r,
-            IntGauge::new(PROCESS_GENERATION, "0 on first start, +1 per binary upgrade.")
-                .expect("valid metric definition"),
+            IntGauge::new(
+                PROCESS_GENERATION,
+                "0 on first start, +1 per binary upgrade.",
+            )
+            .expect("valid metric definition"),
         );
         process_generation.set(generation as i64);
         let metrics = Metrics {
             process_generation,
             config_generation: register(
                 &r,
-                IntGauge::new(CONFIG_GENERATION, "Config generation now serving; +1 per successful reload.")
-                    .expect("valid metric definition"),
+                IntGauge::new(
+                    CONFIG_GENERATION,
+                    "Config generation now serving; +1 per successful reload.",
+                )
+                .expect("valid metric definition"),
             ),
-            config_reloads: int_counter_vec(&r, CONFIG_RELOADS, "Config reloads by result.", &["result"]),
+            config_reloads: int_counter_vec(
+                &r,
+                CONFIG_RELOADS,
+                "Config reloads by result.",
+                &["result"],
+            ),
             config_last_reload_success: register(
                 &r,
-                Gauge::new(CONFIG_LAST_RELOAD_SUCCESS, "Unix time of the last config that went live.")
-                    .expect("valid metric definition"),
+                Gauge::new(
+                    CONFIG_LAST_RELOAD_SUCCESS,
+                    "Unix time of the last config that went live.",
+                )
+                .expect("valid metric definition"),
             ),
             config_reload_duration: register(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new(CONFIG_RELOAD_DURATION, "From reload request to new config live or refused.")
-                        .buckets(RELOAD_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        CONFIG_RELOAD_DURATION,
+                        "From reload request to new config live or refused.",
+                    )
+                    .buckets(RELOAD_BUCKETS.to_vec()),
                 )
                 .expect("valid metric definition"),
             ),
             upgrades: int_counter_vec(&r, UPGRADES, "Binary upgrades by result.", &["result"]),
-            connections_accepted: int_counter_vec(&r, CONNECTIONS_ACCEPTED, "Client connections accepted.", &["listener"]),
-            connections_active: int_gauge_vec(&r, CONNECTIONS_ACTIVE, "Client connections open now.", &["listener"]),
+            connections_accepted: int_counter_vec(
+                &r,
+                CONNECTIONS_ACCEPTED,
+                "Client connections accepted.",
+                &["listener"],
+            ),
+            connections_active: int_gauge_vec(
+                &r,
+                CONNECTIONS_ACTIVE,
+                "Client connections open now.",
+                &["listener"],
+            ),
             connections_rejected: int_counter_vec(
                 &r,
                 CONNECTIONS_REJECTED,
@@ -192,7 +235,12 @@ impl Metrics {
                 &["listener"],
                 &CONNECTION_BUCKETS,
             ),
-            bytes_received: int_counter_vec(&r, BYTES_RECEIVED, "Bytes received from clients.", &["listener"]),
+            bytes_received: int_counter_vec(
+                &r,
+                BYTES_RECEIVED,
+                "Bytes received from clients.",
+                &["listener"],
+            ),
             bytes_sent: int_counter_vec(&r, BYTES_SENT, "Bytes sent to clients.", &["listener"]),
             listener_max_connections: int_gauge_vec(
                 &r,
@@ -219,7 +267,12 @@ impl Metrics {
                 &["cluster"],
                 &CONNECT_BUCKETS,
             ),
-            backend_healthy: int_gauge_vec(&r, BACKEND_HEALTHY, "1 while a backend takes new connections.", &["cluster", "backend"]),
+            backend_healthy: int_gauge_vec(
+                &r,
+                BACKEND_HEALTHY,
+                "1 while a backend takes new connections.",
+                &["cluster", "backend"],
+            ),
             draining_processes: register(
                 &r,
                 IntGauge::new(DRAINING_PROCESSES, "Predecessor processes still draining.")
@@ -233,22 +286,35 @@ impl Metrics {
             ),
             drain_elapsed: register(
                 &r,
-                GaugeVec::new(Opts::new(DRAIN_ELAPSED, "Seconds since a draining process stopped accepting."), &["generation"])
-                    .expect("valid metric definition"),
+                GaugeVec::new(
+                    Opts::new(
+                        DRAIN_ELAPSED,
+                        "Seconds since a draining process stopped accepting.",
+                    ),
+                    &["generation"],
+                )
+                .expect("valid metric definition"),
             ),
             drain_forced_closes: register(
                 &r,
-                IntCounter::new(DRAIN_FORCED_CLOSES, "Connections closed because drain.timeout passed.")
-                    .expect("valid metric definition"),
+                IntCounter::new(
+                    DRAIN_FORCED_CLOSES,
+                    "Connections closed because drain.timeout passed.",
+                )
+                .expect("valid metric definition"),
             ),
             drain_timeout: register(
                 &r,
-                Gauge::new(DRAIN_TIMEOUT, "Configured drain.timeout in seconds.").expect("valid metric definition"),
+                Gauge::new(DRAIN_TIMEOUT, "Configured drain.timeout in seconds.")
+                    .expect("valid metric definition"),
             ),
             tls_certificate_expiry: register(
                 &r,
                 GaugeVec::new(
-                    Opts::new(TLS_CERTIFICATE_EXPIRY, "Unix time at which a served certificate expires."),
+                    Opts::new(
+                        TLS_CERTIFICATE_EXPIRY,
+                        "Unix time at which a served certificate expires.",
+                    ),
                     &["listener", "cert"],
                 )
                 .expect("valid metric definition"),
@@ -288,7 +354,8 @@ impl Metrics {
         ListenerMetrics {
             accepted: self.connections_accepted.with_label_values(&[name]),
             active: self.connections_active.with_label_values(&[name]),
-            rejected: REJECT_REASONS.map(|r| self.connections_rejected.with_label_values(&[name, r])),
+            rejected: REJECT_REASONS
+                .map(|r| self.connections_rejected.with_label_values(&[name, r])),
             duration: self.connection_duration.with_label_values(&[name]),
             bytes_received: self.bytes_received.with_label_values(&[name]),
             bytes_sent: self.bytes_sent.with_label_values(&[name]),
@@ -299,7 +366,9 @@ impl Metrics {
     /// Handles for one backend of one cluster.
     pub fn backend(&self, cluster: &str, address: &str) -> BackendMetrics {
         BackendMetrics {
-            active: self.backend_connections_active.with_label_values(&[cluster, address]),
+            active: self
+                .backend_connections_active
+                .with_label_values(&[cluster, address]),
             connect_errors: ConnectErrorReason::ALL.map(|r| {
                 self.backend_connect_errors
                     .with_label_values(&[cluster, address, r.as_str()])
@@ -311,8 +380,12 @@ impl Metrics {
 
     /// Drops the series of a backend that no config names any more.
     pub fn forget_backend(&self, cluster: &str, address: &str) {
-        let _ = self.backend_connections_active.remove_label_values(&[cluster, address]);
-        let _ = self.backend_healthy.remove_label_values(&[cluster, address]);
+        let _ = self
+            .backend_connections_active
+            .remove_label_values(&[cluster, address]);
+        let _ = self
+            .backend_healthy
+            .remove_label_values(&[cluster, address]);
     }
 
     /// The Prometheus text exposition of everything registered.

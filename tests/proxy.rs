@@ -37,7 +37,9 @@ fn ten_megabytes_arrive_intact_both_ways() {
         *byte = x as u8;
     }
     let stream = TcpStream::connect(config.listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sent = data.clone();
     let sender = thread::spawn(move || {
@@ -75,7 +77,9 @@ fn client_fin_is_forwarded_while_the_backend_keeps_sending() {
     let _baton = Baton::start(&config.yaml());
 
     let mut client = TcpStream::connect(config.listen).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     client.write_all(b"question").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut answer = String::new();
@@ -103,7 +107,9 @@ fn backend_fin_is_forwarded_while_the_client_keeps_sending() {
     let _baton = Baton::start(&config.yaml());
 
     let mut client = TcpStream::connect(config.listen).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut hello = String::new();
     client.read_to_string(&mut hello).unwrap();
     assert_eq!(hello, "hello", "backend's FIN reached the client as EOF");
@@ -120,7 +126,9 @@ fn idle_connections_are_closed_after_idle_timeout() {
     let _baton = Baton::start(&config.yaml());
 
     let mut client = TcpStream::connect(config.listen).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     // Activity keeps it open past the timeout.
     for _ in 0..5 {
         thread::sleep(Duration::from_millis(100));
@@ -156,17 +164,26 @@ fn max_connections_closes_extra_clients_at_once() {
         held.push(s);
     }
     let mut extra = TcpStream::connect(config.listen).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let started = Instant::now();
     let mut b = [0u8; 1];
     let n = extra.read(&mut b).unwrap_or(0);
     assert_eq!(n, 0, "extra client is closed");
-    assert!(started.elapsed() < Duration::from_secs(2), "closed at once, not left waiting");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, not left waiting"
+    );
     wait_until(Duration::from_secs(5), "rejection counted", || {
-        baton.metric("baton_connections_rejected_total{listener=\"web\",reason=\"max_connections\"}")
+        baton
+            .metric("baton_connections_rejected_total{listener=\"web\",reason=\"max_connections\"}")
             == Some(1.0)
     });
-    assert_eq!(baton.metric("baton_connections_active{listener=\"web\"}"), Some(2.0));
+    assert_eq!(
+        baton.metric("baton_connections_active{listener=\"web\"}"),
+        Some(2.0)
+    );
 
     // A freed place is usable again.
     drop(held.pop());
@@ -174,7 +191,9 @@ fn max_connections_closes_extra_clients_at_once() {
         baton.metric("baton_connections_active{listener=\"web\"}") == Some(1.0)
     });
     let mut again = TcpStream::connect(config.listen).unwrap();
-    again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     again.write_all(b"y").unwrap();
     again.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"y");
@@ -196,22 +215,28 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     // Let the accept loop meet EMFILE for a while, and measure its CPU.
     let cpu_before = cpu_seconds(baton.pid());
     let watch = Instant::now();
-    wait_until(Duration::from_secs(5), "a second under fd exhaustion", || {
-        watch.elapsed() >= Duration::from_secs(1)
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "a second under fd exhaustion",
+        || watch.elapsed() >= Duration::from_secs(1),
+    );
     let cpu = cpu_seconds(baton.pid()) - cpu_before;
     assert!(cpu < 0.5, "accept loop spun: {cpu} CPU-s in 1 s");
     drop(clients);
 
     // Served again once descriptors are free.
-    wait_until(Duration::from_secs(10), "service after fd exhaustion", || {
-        let Ok(mut s) = TcpStream::connect(config.listen) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut b = [0u8; 2];
-        s.write_all(b"ok").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ok"
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "service after fd exhaustion",
+        || {
+            let Ok(mut s) = TcpStream::connect(config.listen) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 2];
+            s.write_all(b"ok").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ok"
+        },
+    );
     assert!(http_get(baton.admin, "/healthz").is_ok());
     assert!(
         baton.log().contains("Too many open files"),

@@ -26,7 +26,9 @@ fn sigterm_lets_an_open_stream_finish_then_exits_0() {
     assert_eq!(written.trim(), baton.pid().to_string());
 
     let mut stream = TcpStream::connect(config.listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     echo_once(&mut stream, b"before");
     baton.signal("TERM");
     wait_until(Duration::from_secs(5), "/readyz 503 while draining", || {
@@ -40,7 +42,10 @@ fn sigterm_lets_an_open_stream_finish_then_exits_0() {
     for i in 0..10 {
         echo_once(&mut stream, format!("during {i}").as_bytes());
     }
-    assert!(baton.child.try_wait().unwrap().is_none(), "still running while a stream is open");
+    assert!(
+        baton.child.try_wait().unwrap().is_none(),
+        "still running while a stream is open"
+    );
     drop(stream);
     let status = baton.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
@@ -54,7 +59,9 @@ fn drain_timeout_closes_what_remains_and_exits_0() {
     config.extra_top = "drain:\n  timeout: 600ms\n".into();
     let mut baton = Baton::start(&config.yaml());
     let mut stream = TcpStream::connect(config.listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     echo_once(&mut stream, b"hello");
 
     let signalled = Instant::now();
@@ -69,7 +76,11 @@ fn drain_timeout_closes_what_remains_and_exits_0() {
     );
     let status = baton.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
-    assert!(baton.log().contains("forced=1"), "forced close logged:\n{}", baton.log());
+    assert!(
+        baton.log().contains("forced=1"),
+        "forced close logged:\n{}",
+        baton.log()
+    );
 }
 
 #[test]
@@ -78,7 +89,9 @@ fn a_second_signal_stops_at_once() {
     let config = ConfigBuilder::new(&[&echo]);
     let mut baton = Baton::start(&config.yaml());
     let mut stream = TcpStream::connect(config.listen).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     echo_once(&mut stream, b"hello");
     baton.signal("TERM");
     wait_until(Duration::from_secs(5), "draining", || {

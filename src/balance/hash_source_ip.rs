@@ -24,7 +24,12 @@ impl HashSourceIp {
 }
 
 impl Balancer for HashSourceIp {
-    fn pick(&self, backends: &[Backend], client: IpAddr, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        client: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let client = match client {
             IpAddr::V4(v4) => fnv1a(&v4.octets()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -108,7 +113,9 @@ mod tests {
     fn weights_and_unusable_backends() {
         let b = backends(&[3, 1]);
         let h = HashSourceIp::new(&b);
-        let on_first = clients().filter(|&c| h.pick(&b, c, &|_| true) == Some(0)).count();
+        let on_first = clients()
+            .filter(|&c| h.pick(&b, c, &|_| true) == Some(0))
+            .count();
         assert!((2800..3200).contains(&on_first), "{on_first}");
         for c in clients().take(50) {
             assert_eq!(h.pick(&b, c, &|i| i == 1), Some(1));

@@ -12,7 +12,12 @@ pub struct LeastConn {
 }
 
 impl Balancer for LeastConn {
-    fn pick(&self, backends: &[Backend], _: IpAddr, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let len = backends.len();
         if len == 0 {
             return None;

@@ -85,8 +85,12 @@ impl Drop for ActiveGuard {
 pub trait Balancer: Send + Sync {
     /// The index of the chosen backend among those for which `usable`
     /// holds, or `None` when there is none.
-    fn pick(&self, backends: &[Backend], client: IpAddr, usable: &dyn Fn(usize) -> bool)
-    -> Option<usize>;
+    fn pick(
+        &self,
+        backends: &[Backend],
+        client: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize>;
 }
 
 pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {

@@ -14,7 +14,12 @@ impl PowerOfTwo {
 }
 
 impl Balancer for PowerOfTwo {
-    fn pick(&self, backends: &[Backend], _: IpAddr, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let first = weighted_random(backends, usable)?;
         let second = weighted_random(backends, &|i| i != first && usable(i));
         match second {

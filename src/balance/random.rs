@@ -13,7 +13,12 @@ impl Random {
 }
 
 impl Balancer for Random {
-    fn pick(&self, backends: &[Backend], _: IpAddr, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         weighted_random(backends, usable)
     }
 }

@@ -89,9 +89,13 @@ mod tests {
     fn picks_follow_the_schedule_and_skip_unusable() {
         let b = backends(&[3, 1]);
         let rr = RoundRobin::new(&b);
-        let picks: Vec<usize> = (0..8).map(|_| rr.pick(&b, client(), &|_| true).unwrap()).collect();
+        let picks: Vec<usize> = (0..8)
+            .map(|_| rr.pick(&b, client(), &|_| true).unwrap())
+            .collect();
         assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0]);
-        let picks: Vec<usize> = (0..4).map(|_| rr.pick(&b, client(), &|i| i == 1).unwrap()).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| rr.pick(&b, client(), &|i| i == 1).unwrap())
+            .collect();
         assert_eq!(picks, [1, 1, 1, 1]);
         assert_eq!(rr.pick(&b, client(), &|_| false), None);
     }

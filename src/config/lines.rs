@@ -41,8 +41,14 @@ impl LineIndex {
 
 enum Frame {
     /// `key` is the pending key; `None` means the next scalar is a key.
-    Map { prefix: String, key: Option<String> },
-    Seq { prefix: String, next: usize },
+    Map {
+        prefix: String,
+        key: Option<String>,
+    },
+    Seq {
+        prefix: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -139,6 +145,9 @@ mod tests {
     fn flow_style_is_indexed() {
         let text = "clusters:\n  - name: app\n    backends:\n      - { address: 127.0.0.1:1, weight: 2 }\n";
         let index = LineIndex::new(text);
-        assert_eq!(index.find("clusters[0].backends[0].weight").map(|p| p.0), Some(4));
+        assert_eq!(
+            index.find("clusters[0].backends[0].weight").map(|p| p.0),
+            Some(4)
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Configuration: `file` mirrors the YAML, `validate` turns it into a checked
-//! [`Config`], `lines` finds where a key path stands in the file.
+//! [`Config`], `lines` finds where a key path stands in the file, `diff`
+//! names what a reload changes.
 
+mod diff;
 mod file;
 mod lines;
 mod validate;
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use diff::{ConfigDiff, diff};
 pub use file::{BalanceKind, FileConfig};
 pub use lines::LineIndex;
 
@@ -131,6 +134,10 @@ fn parse(text: &str) -> Result<FileConfig, Problem> {
         let mut message = inner.to_string();
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
+        }
+        // ... and sometimes its own copy of the path.
+        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+            message = rest.to_string();
         }
         Problem {
             path: if path == "." { String::new() } else { path },

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use super::file::{FileCluster, FileConfig, FileDuration, FileListener, ProxyProtocolVersion};
 use super::{
-    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem,
-    UpgradeConfig,
+    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem, UpgradeConfig,
 };
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -75,8 +74,7 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         for (i, l) in file.listeners.iter().enumerate() {
             if let Some(listener) = listeners.iter().find(|c| c.name == l.name) {
                 let key = format!("listeners[{i}].listen");
-                if let Some((other, _)) = bound.iter().find(|(_, a)| collide(*a, listener.listen))
-                {
+                if let Some((other, _)) = bound.iter().find(|(_, a)| collide(*a, listener.listen)) {
                     v.problem(
                         &key,
                         format!(
@@ -131,7 +129,9 @@ impl Validator {
             Err(_) => {
                 self.problem(
                     path,
-                    format!("{text:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+                    format!(
+                        "{text:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::1]:8080)"
+                    ),
                 );
                 None
             }
@@ -205,8 +205,11 @@ impl Validator {
 
     fn cluster(&mut self, i: usize, c: &FileCluster) -> ClusterConfig {
         let at = |key: &str| format!("clusters[{i}].{key}");
-        let connect_timeout =
-            self.duration(&at("connect_timeout"), c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = self.duration(
+            &at("connect_timeout"),
+            c.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
         let idle_timeout = self.duration(&at("idle_timeout"), c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         let resolve_interval = self.duration(
             &at("resolve_interval"),
@@ -220,7 +223,11 @@ impl Validator {
                     h.interval,
                     DEFAULT_HEALTH_INTERVAL,
                 ),
-                timeout: self.duration(&at("health_check.timeout"), h.timeout, DEFAULT_HEALTH_TIMEOUT),
+                timeout: self.duration(
+                    &at("health_check.timeout"),
+                    h.timeout,
+                    DEFAULT_HEALTH_TIMEOUT,
+                ),
                 rise: h.rise.unwrap_or(DEFAULT_RISE),
                 fall: h.fall.unwrap_or(DEFAULT_FALL),
             };
@@ -245,7 +252,10 @@ impl Validator {
                     format!("must be between 1 and {MAX_WEIGHT}, not {weight}"),
                 );
             }
-            if backends.iter().any(|o: &BackendConfig| o.address == b.address) {
+            if backends
+                .iter()
+                .any(|o: &BackendConfig| o.address == b.address)
+            {
                 self.problem(
                     &at("address"),
                     format!("{:?} is listed twice in this cluster", b.address),
@@ -315,10 +325,21 @@ mod tests {
 
     #[test]
     fn resolve_accepts_ips_and_names() {
-        assert_eq!(resolve("127.0.0.1:9").unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
+        assert_eq!(
+            resolve("127.0.0.1:9").unwrap(),
+            vec!["127.0.0.1:9".parse().unwrap()]
+        );
         assert!(!resolve("localhost:9").unwrap().is_empty());
         assert!(resolve("localhost").unwrap_err().contains("needs a port"));
-        assert!(resolve("localhost:x").unwrap_err().contains("not HOST:PORT"));
-        assert!(resolve("no-such-host.invalid:9").unwrap_err().contains("does not resolve"));
+        assert!(
+            resolve("localhost:x")
+                .unwrap_err()
+                .contains("not HOST:PORT")
+        );
+        assert!(
+            resolve("no-such-host.invalid:9")
+                .unwrap_err()
+                .contains("does not resolve")
+        );
     }
 }

@@ -44,9 +44,11 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
         tried.push(i);
         let backend = &backends[i];
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(backend.addr))
-                .await;
+        let result = tokio::time::timeout(
+            cluster.config.connect_timeout,
+            TcpStream::connect(backend.addr),
+        )
+        .await;
         let (reason, detail) = match result {
             Ok(Ok(stream)) => {
                 backend
@@ -63,11 +65,17 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
                 });
             }
             Ok(Err(e)) => (classify(&e), e.to_string()),
-            Err(_) => (ConnectErrorReason::Timeout, "connect_timeout passed".to_string()),
+            Err(_) => (
+                ConnectErrorReason::Timeout,
+                "connect_timeout passed".to_string(),
+            ),
         };
         tracing::debug!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, reason = reason.as_str(), "backend connect failed");
         backend.state.metrics.connect_error(reason);
-        backend.state.connect_failures.fetch_add(1, Ordering::Relaxed);
+        backend
+            .state
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
         last = Some((backend, reason, detail));
     }
     match last {

@@ -45,7 +45,9 @@ impl Snapshot {
                     .iter()
                     .flat_map(|b| {
                         let address: Arc<str> = b.address.as_str().into();
-                        b.resolved.iter().map(move |&addr| (address.clone(), addr, b.weight))
+                        b.resolved
+                            .iter()
+                            .map(move |&addr| (address.clone(), addr, b.weight))
                     })
                     .map(|(address, addr, weight)| Backend {
                         state: states.get(&c.name, &address, addr, metrics),
@@ -108,7 +110,10 @@ impl BackendStates {
         addr: SocketAddr,
         metrics: &Metrics,
     ) -> Arc<BackendState> {
-        let mut states = self.states.lock().expect("backend state lock is never poisoned");
+        let mut states = self
+            .states
+            .lock()
+            .expect("backend state lock is never poisoned");
         let key = (cluster.to_string(), address.clone(), addr);
         if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
             return state;
@@ -120,7 +125,10 @@ impl BackendStates {
 
     /// Forgets backends no snapshot holds any more.
     pub fn prune(&self) {
-        let mut states = self.states.lock().expect("backend state lock is never poisoned");
+        let mut states = self
+            .states
+            .lock()
+            .expect("backend state lock is never poisoned");
         states.retain(|_, s| s.strong_count() > 0);
     }
 }

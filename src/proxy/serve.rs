@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Proxy;
 use super::connect::connect;
 use super::copy::{self, End};
+use super::route::Route;
 use crate::metrics::{ListenerMetrics, RejectReason};
 
 /// One listener's accept loop state. `active` outlives reloads, so
@@ -23,22 +24,23 @@ pub struct AcceptLoop {
     pub active: Arc<AtomicUsize>,
 }
 
-/// What an accept loop does with its queue when told to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStop {
-    /// Serve what the kernel already queued, then close (listener removed
-    /// by a reload, or a stop): no queued client is reset.
-    ServeQueued,
-    /// Leave the queue to the process that shares the socket (hand-over).
-    LeaveQueued,
-}
-
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl AcceptLoop {
-    pub async fn run(self, listener: TcpListener, stop: CancellationToken, on_stop: OnStop) {
+    /// Accepts until `stop` fires. Then, unless `leave_queue` is set (another
+    /// loop or process shares the socket and takes the queue), serves what
+    /// the kernel already queued, so no queued client is reset.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        leave_queue: Arc<AtomicBool>,
+    ) {
         let mut backoff = BACKOFF_MIN;
+        // A listener removed by a reload serves its queue with the last route
+        // it had.
+        let mut route = None;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -48,7 +50,7 @@ impl AcceptLoop {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
-                    self.admit(stream, peer);
+                    self.admit(stream, peer, &mut route);
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -63,25 +65,26 @@ impl AcceptLoop {
                 }
             }
         }
-        if on_stop == OnStop::ServeQueued {
+        if !leave_queue.load(Ordering::Acquire) {
             // A zero timeout still polls accept once: whatever is queued now.
             while let Ok(Ok((stream, peer))) =
                 tokio::time::timeout(Duration::ZERO, listener.accept()).await
             {
-                self.admit(stream, peer);
+                self.admit(stream, peer, &mut route);
             }
         }
         tracing::debug!(listener = %self.name, "stopped accepting");
     }
 
     /// Starts serving `stream`, or closes it at once past `max_connections`.
-    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
-        let snapshot = self.proxy.snapshot.load();
-        let Some(route) = snapshot.route(&self.name).cloned() else {
-            // The listener left the config; its loop is about to stop.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, last_route: &mut Option<Arc<Route>>) {
+        let current = self.proxy.snapshot.load().route(&self.name).cloned();
+        if current.is_some() {
+            *last_route = current;
+        }
+        let Some(route) = last_route.clone() else {
             return;
         };
-        drop(snapshot);
         self.metrics.accepted.inc();
         let max = route.listener.max_connections;
         if self.active.fetch_add(1, Ordering::AcqRel) >= max {
@@ -122,7 +125,7 @@ async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     listener: &str,
-    route: &super::route::Route,
+    route: &Route,
     proxy: &Proxy,
     metrics: &ListenerMetrics,
 ) {

@@ -161,12 +161,19 @@ impl Baton {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("baton exited with {status} before it was ready:\n{}", self.log());
+                panic!(
+                    "baton exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
             if let Ok((200, _)) = http_get(self.admin, "/readyz") {
                 return;
             }
-            assert!(Instant::now() < deadline, "baton not ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "baton not ready:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -191,7 +198,11 @@ impl Baton {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "baton did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "baton did not exit:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -232,12 +243,10 @@ fn admin_of(config: &str) -> SocketAddr {
 
 /// Finds `series` (name and labels exactly as exposed) in a text exposition.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).
@@ -248,7 +257,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -267,7 +279,9 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Resu
 /// backend that answered.
 pub fn connect_named(addr: SocketAddr) -> (TcpStream, String) {
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -299,7 +313,9 @@ impl ConfigBuilder {
     pub fn yaml(&self) -> String {
         let mut backends = String::new();
         for (addr, weight) in &self.backends {
-            backends.push_str(&format!("      - {{ address: \"{addr}\", weight: {weight} }}\n"));
+            backends.push_str(&format!(
+                "      - {{ address: \"{addr}\", weight: {weight} }}\n"
+            ));
         }
         format!(
             "admin:\n  listen: \"{admin}\"\ncontrol:\n  socket: baton.sock\npid_file: baton.pid\n{extra_top}\
