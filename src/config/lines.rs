@@ -95,14 +95,14 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
             Event::Scalar(value, ..) => {
-                if self.node_path(true, mark).is_none() {
-                    if let Some(Frame::Map { prefix, key }) = self.stack.last_mut() {
-                        let path = join(prefix, &value);
-                        self.positions
-                            .entry(path)
-                            .or_insert((mark.line(), mark.col() + 1));
-                        *key = Some(value);
-                    }
+                if self.node_path(true, mark).is_none()
+                    && let Some(Frame::Map { prefix, key }) = self.stack.last_mut()
+                {
+                    let path = join(prefix, &value);
+                    self.positions
+                        .entry(path)
+                        .or_insert((mark.line(), mark.col() + 1));
+                    *key = Some(value);
                 }
             }
             Event::Alias(_) => {

@@ -181,13 +181,13 @@ impl Validator {
         if max_connections == 0 {
             self.problem(&at("max_connections"), "must be at least 1");
         }
-        if let Some(pp) = &l.proxy_protocol {
-            if pp.accept || pp.send != ProxyProtocolVersion::None {
-                self.problem(
-                    &at("proxy_protocol"),
-                    "PROXY protocol is not supported by this build yet",
-                );
-            }
+        if let Some(pp) = &l.proxy_protocol
+            && (pp.accept || pp.send != ProxyProtocolVersion::None)
+        {
+            self.problem(
+                &at("proxy_protocol"),
+                "PROXY protocol is not supported by this build yet",
+            );
         }
         if l.tls.is_some() {
             self.problem(
