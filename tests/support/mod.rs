@@ -122,6 +122,11 @@ impl Baton {
 
     /// As `start`, with `shell` (such as `ulimit -n 48`) run by `sh` first.
     pub fn start_with(config: &str, shell: Option<&str>) -> Baton {
+        Baton::start_opts(config, shell, &[])
+    }
+
+    /// As `start_with`, with extra environment variables.
+    pub fn start_opts(config: &str, shell: Option<&str>, env: &[(&str, &str)]) -> Baton {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -144,6 +149,7 @@ impl Baton {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .env("RUST_LOG", "info");
+        command.envs(env.iter().copied());
         let child = command.spawn().unwrap();
         let admin = admin_of(config);
         let mut baton = Baton {
@@ -220,6 +226,39 @@ impl Baton {
     /// The value of one series, e.g. `baton_connections_active{listener="web"}`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics(), series)
+    }
+
+    /// Runs `baton ARGS -c <this config>` and returns (success, stdout+stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BATON)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Replaces the config file (not yet reloaded).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -354,4 +393,118 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
+}
+
+/// Steady traffic through baton: short connections (connect, read the
+/// backend's name, echo, close) and long streams that echo and verify
+/// chunks until stopped. Every failure is counted with its message.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    pub short_done: Arc<AtomicUsize>,
+    pub stream_bytes: Arc<AtomicUsize>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, short_workers: usize, streams: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let short_done = Arc::new(AtomicUsize::new(0));
+        let stream_bytes = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for _ in 0..short_workers {
+            let (stop, errors, done) = (stop.clone(), errors.clone(), short_done.clone());
+            threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match short_exchange(addr) {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().unwrap().push(format!("short: {e}")),
+                    }
+                }
+            }));
+        }
+        for id in 0..streams {
+            let (stop, errors, bytes) = (stop.clone(), errors.clone(), stream_bytes.clone());
+            threads.push(thread::spawn(move || {
+                if let Err(e) = long_stream(addr, id as u8, &stop, &bytes) {
+                    errors.lock().unwrap().push(format!("stream {id}: {e}"));
+                }
+            }));
+        }
+        Load {
+            stop,
+            threads,
+            errors,
+            short_done,
+            stream_bytes,
+        }
+    }
+
+    /// Stops every worker and returns the errors seen.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        errors
+    }
+}
+
+fn short_exchange(addr: SocketAddr) -> std::io::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    if name.is_empty() {
+        return Err(std::io::Error::other("closed before the backend spoke"));
+    }
+    (&stream).write_all(b"ping")?;
+    let mut pong = [0u8; 4];
+    reader.read_exact(&mut pong)?;
+    if &pong != b"ping" {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}
+
+fn long_stream(
+    addr: SocketAddr,
+    id: u8,
+    stop: &AtomicBool,
+    bytes: &AtomicUsize,
+) -> std::io::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    let mut round: u32 = 0;
+    let mut back = vec![0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let chunk: Vec<u8> = (0..1024u32)
+            .map(|i| (i.wrapping_mul(31) ^ round ^ u32::from(id)) as u8)
+            .collect();
+        (&stream).write_all(&chunk)?;
+        reader.read_exact(&mut back)?;
+        if back != chunk {
+            return Err(std::io::Error::other(format!(
+                "round {round}: bytes differ"
+            )));
+        }
+        bytes.fetch_add(chunk.len(), Ordering::Relaxed);
+        round += 1;
+        thread::sleep(Duration::from_millis(5));
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::other("unexpected bytes after FIN"));
+    }
+    Ok(())
 }

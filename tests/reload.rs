@@ -1,0 +1,441 @@
+//! Config reload in process: under load nothing is dropped, a bad config
+//! changes nothing, listeners come and go, memory stays flat.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Names of the backends that answer `n` new connections.
+fn answering(addr: std::net::SocketAddr, n: usize) -> HashSet<String> {
+    (0..n).map(|_| connect_named(addr).1).collect()
+}
+
+fn names(set: &[&str]) -> HashSet<String> {
+    set.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn fifty_reloads_under_load_drop_nothing_and_switch_at_once() {
+    let (a1, a2) = (Backend::start("a1"), Backend::start("a2"));
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    let mut config = ConfigBuilder::new(&[&a1, &a2]);
+    let yaml_a = config.yaml();
+    config.backends = vec![(b1.addr, 1), (b2.addr, 1)];
+    let yaml_b = config.yaml();
+    let baton = Baton::start(&yaml_a);
+
+    let load = Load::start(config.listen, 4, 8);
+    for i in 0..50 {
+        let (yaml, want) = if i % 2 == 0 {
+            (&yaml_b, names(&["b1", "b2"]))
+        } else {
+            (&yaml_a, names(&["a1", "a2"]))
+        };
+        baton.write_config(yaml);
+        let (ok, out) = baton.ctl(&["reload"]);
+        assert!(ok, "reload {i}: {out}");
+        assert!(
+            out.contains(&format!("config generation {}", i + 2)),
+            "{out}"
+        );
+        let seen = answering(config.listen, 4);
+        assert!(
+            seen.is_subset(&want),
+            "after reload {i}: {seen:?} answered, want only {want:?}"
+        );
+    }
+    let short = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
+    let streamed = load.stream_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = load.finish();
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    assert!(short > 50, "short connections ran: {short}");
+    assert!(streamed > 0, "streams ran");
+    assert_eq!(
+        baton.metric("baton_config_reloads_total{result=\"success\"}"),
+        Some(50.0)
+    );
+    assert_eq!(baton.metric("baton_config_generation"), Some(51.0));
+}
+
+#[test]
+fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let good = config.yaml();
+    let baton = Baton::start(&good);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+
+    let bad: Vec<(&str, String, &str)> = vec![
+        ("syntax", good.replace("listeners:", "listeners: [\n"), "config refused"),
+        ("unknown key", good.replace("pid_file:", "pid_fil:"), "pid_fil"),
+        (
+            "unknown cluster",
+            good.replace("cluster: app", "cluster: nope"),
+            "listeners[0].cluster",
+        ),
+        (
+            "unresolvable backend",
+            good.replace(&a.addr.to_string(), "no-such-host.invalid:80"),
+            "clusters[0].backends[0].address",
+        ),
+        (
+            "port in use",
+            good.replace(
+                "clusters:",
+                &format!(
+                    "  - {{ name: extra, listen: \"127.0.0.1:{busy_port}\", cluster: app }}\nclusters:"
+                ),
+            ),
+            "listeners[1].listen",
+        ),
+    ];
+    for (i, (what, yaml, want)) in bad.iter().enumerate() {
+        baton.write_config(yaml);
+        let (ok, out) = baton.ctl(&["reload"]);
+        assert!(!ok, "{what}: reload must fail");
+        assert!(out.contains(want), "{what}: message lacks {want:?}: {out}");
+        assert_eq!(
+            baton.metric("baton_config_reloads_total{result=\"failure\"}"),
+            Some((i + 1) as f64),
+            "{what}: counted once"
+        );
+        assert_eq!(baton.metric("baton_config_generation"), Some(1.0));
+        assert_eq!(
+            connect_named(config.listen).1,
+            "a",
+            "{what}: old config serves"
+        );
+    }
+    drop(busy);
+    baton.write_config(&good);
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok, "{out}");
+    assert!(
+        baton.log().contains("listeners[0].cluster"),
+        "errors are logged with their path"
+    );
+}
+
+#[test]
+fn listeners_are_added_moved_renamed_and_removed() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    let second = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let with_api = |api_name: &str, api: std::net::SocketAddr| {
+        config.yaml().replace(
+            "clusters:",
+            &format!("  - {{ name: {api_name}, listen: \"{api}\", cluster: app }}\nclusters:"),
+        )
+    };
+
+    // Added.
+    baton.write_config(&with_api("api", second));
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok && out.contains("listeners added: api"), "{out}");
+    assert_eq!(connect_named(second).1, "a");
+
+    // A stream open on it survives every later change to it.
+    let mut stream = TcpStream::connect(second).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut hello = [0u8; 2];
+    stream.read_exact(&mut hello).unwrap();
+
+    // Renamed on the same address: same socket, no gap.
+    baton.write_config(&with_api("api2", second));
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(
+        ok && out.contains("listeners renamed: api -> api2"),
+        "{out}"
+    );
+    assert_eq!(connect_named(second).1, "a");
+    let status = baton.ctl(&["status", "--json"]).1;
+    assert!(status.contains("\"api2\""), "{status}");
+
+    // Moved to another address.
+    let third = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    baton.write_config(&with_api("api2", third));
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok && out.contains("listeners moved: api2"), "{out}");
+    assert_eq!(connect_named(third).1, "a");
+    wait_until(Duration::from_secs(5), "old address closed", || {
+        TcpStream::connect(second).is_err()
+    });
+
+    // Removed.
+    baton.write_config(&config.yaml());
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok && out.contains("listeners removed: api2"), "{out}");
+    wait_until(Duration::from_secs(5), "removed listener closed", || {
+        TcpStream::connect(third).is_err()
+    });
+    assert_eq!(connect_named(config.listen).1, "a");
+
+    stream.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+}
+
+#[test]
+fn connections_racing_a_listener_removal_are_served_not_reset() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let second = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let with_api = config.yaml().replace(
+        "clusters:",
+        &format!("  - {{ name: api, listen: \"{second}\", cluster: app }}\nclusters:"),
+    );
+    let baton = Baton::start(&with_api);
+    for round in 0..5 {
+        // Open connections as fast as possible while the listener goes away:
+        // every connection the kernel completed must reach a backend.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let opener = std::thread::spawn(move || {
+            let mut opened = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match TcpStream::connect(second) {
+                    Ok(c) => opened.push(c),
+                    Err(_) => break,
+                }
+                if opened.len() > 200 {
+                    break;
+                }
+            }
+            opened
+        });
+        baton.write_config(&config.yaml());
+        let (ok, out) = baton.ctl(&["reload"]);
+        assert!(ok, "{out}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let opened = opener.join().unwrap();
+        for (i, mut c) in opened.into_iter().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut hello = [0u8; 2];
+            c.read_exact(&mut hello)
+                .unwrap_or_else(|e| panic!("round {round}: connection {i} was not served: {e}"));
+            assert_eq!(&hello, b"a\n");
+        }
+        baton.write_config(&with_api);
+        let (ok, out) = baton.ctl(&["reload"]);
+        assert!(ok, "{out}");
+    }
+}
+
+#[test]
+fn a_removed_backend_keeps_its_open_streams() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    let (mut stream, name) = connect_named(config.listen);
+    assert_eq!(name, "a");
+    config.backends = vec![(b.addr, 1)];
+    baton.write_config(&config.yaml());
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("backends removed: app/{}", a.addr)),
+        "{out}"
+    );
+    assert_eq!(connect_named(config.listen).1, "b");
+    for i in 0..20 {
+        let msg = format!("message {i}");
+        stream.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+}
+
+#[test]
+fn unchanged_backends_keep_their_live_state() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut config = ConfigBuilder::new(&[&a]);
+    config.cluster_extra = "    balance: least_conn\n".into();
+    let baton = Baton::start(&config.yaml());
+    let held: Vec<_> = (0..3).map(|_| connect_named(config.listen)).collect();
+    config.backends = vec![(a.addr, 1), (b.addr, 1)];
+    baton.write_config(&config.yaml());
+    assert!(baton.ctl(&["reload"]).0);
+    // `a` still counts its 3 connections, so least_conn sends the next 3 to `b`.
+    let next: Vec<String> = (0..3)
+        .map(|_| connect_named(config.listen))
+        .map(|(s, n)| {
+            std::mem::forget(s);
+            n
+        })
+        .collect();
+    assert_eq!(next, ["b", "b", "b"]);
+    let series = format!(
+        "baton_backend_connections_active{{backend=\"{}\",cluster=\"app\"}}",
+        a.addr
+    );
+    assert_eq!(baton.metric(&series), Some(3.0));
+    drop(held);
+}
+
+#[test]
+fn sighup_storm_under_load_costs_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let config = ConfigBuilder::new(&[&a, &b]);
+    let baton = Baton::start(&config.yaml());
+    let load = Load::start(config.listen, 4, 4);
+    let started = Instant::now();
+    for _ in 0..50 {
+        baton.signal("HUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (ok, out) = baton.ctl(&["reload"]);
+    // A SIGHUP reload may still be running; the request then says so.
+    assert!(ok || out.contains("already in progress"), "{out}");
+    wait_until(Duration::from_secs(10), "a final reload", || {
+        baton.ctl(&["reload"]).0
+    });
+    let errors = load.finish();
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    let successes = baton
+        .metric("baton_config_reloads_total{result=\"success\"}")
+        .unwrap();
+    assert!(successes >= 2.0, "SIGHUPs reloaded: {successes}");
+    assert!(successes <= 52.0, "SIGHUPs coalesce: {successes}");
+    assert_eq!(
+        baton.metric("baton_config_reloads_total{result=\"failure\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_thousand_reloads_do_not_grow_memory() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    let sock = baton.path("baton.sock");
+    let reload = || {
+        let r = baton::control::request(
+            &sock,
+            &baton::control::Command::Reload { dry_run: false },
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(r.ok, "{:?}", r.error);
+    };
+    for _ in 0..10 {
+        reload();
+    }
+    let _ = connect_named(config.listen);
+    let after_10 = baton.rss_kib();
+    for _ in 0..1000 {
+        reload();
+    }
+    let _ = connect_named(config.listen);
+    let after_1000 = baton.rss_kib();
+    assert!(
+        after_1000 < after_10 + 4 * 1024,
+        "RSS grew from {after_10} KiB to {after_1000} KiB over 1,000 reloads"
+    );
+    assert_eq!(baton.metric("baton_config_generation"), Some(1011.0));
+}
+
+#[test]
+fn dry_run_reports_without_applying() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    config.backends = vec![(b.addr, 1)];
+    baton.write_config(&config.yaml());
+    let (ok, out) = baton.ctl(&["reload", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("backends added: app/{}", b.addr)),
+        "{out}"
+    );
+    assert_eq!(connect_named(config.listen).1, "a");
+    assert_eq!(baton.metric("baton_config_generation"), Some(1.0));
+}
+
+#[test]
+fn sd_notify_ready_and_reloading_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start_opts(
+        &config.yaml(),
+        None,
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    let mut recv = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(recv().contains("READY=1"));
+    assert!(baton.ctl(&["reload"]).0);
+    let reloading = recv();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    assert!(recv().contains("READY=1"));
+
+    // A failed reload also ends with READY=1, and STATUS= says it failed.
+    baton.write_config("listeners: [");
+    assert!(!baton.ctl(&["reload"]).0);
+    assert!(recv().contains("RELOADING=1"));
+    let after = recv();
+    assert!(
+        after.contains("READY=1") && after.contains("STATUS=last reload failed"),
+        "{after}"
+    );
+}
+
+#[test]
+fn one_baton_per_control_socket_and_stale_sockets_are_replaced() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    // A second `baton run` on the same config finds the first and exits 1.
+    let out = std::process::Command::new(BATON)
+        .args(["run", "-c"])
+        .arg(&baton.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("runs as pid {}", baton.pid())),
+        "{err}"
+    );
+    assert!(err.contains("--upgrade"), "{err}");
+    let mut baton = baton;
+    baton.child.kill().unwrap();
+    baton.child.wait().unwrap();
+    // The killed process left its socket file; nobody answers it.
+    assert!(baton.path("baton.sock").exists());
+    let mut again = std::process::Command::new(BATON)
+        .args(["run", "-c"])
+        .arg(&baton.config_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "restart on a stale socket", || {
+        matches!(http_get(config.admin, "/readyz"), Ok((200, _)))
+    });
+    let (ok, out) = baton.ctl(&["status"]);
+    assert!(ok && out.contains(&format!("pid {}", again.id())), "{out}");
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
