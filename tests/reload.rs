@@ -379,7 +379,7 @@ fn sd_notify_ready_and_reloading_are_sent() {
         None,
         &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
     );
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 4096];
         let n = notify.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).to_string()

@@ -449,8 +449,7 @@ impl Load {
         for t in self.threads {
             t.join().unwrap();
         }
-        let errors = self.errors.lock().unwrap().clone();
-        errors
+        self.errors.lock().unwrap().clone()
     }
 }
 
