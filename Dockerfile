@@ -1,0 +1,31 @@
+# Multi-stage build: compile with the Rust image, run on slim Debian as a
+# non-root user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY examples ./examples
+RUN cargo build --release --locked --bin baton
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home /var/lib/baton --shell /usr/sbin/nologin baton \
+ && mkdir -p /etc/baton /run/baton \
+ && chown baton:baton /run/baton
+COPY --from=build /src/target/release/baton /usr/local/bin/baton
+# The shipped config, made to listen on every interface of the container and
+# to keep its socket and pid file in /run/baton. Mount your own over it.
+COPY config.yaml /etc/baton/config.yaml
+RUN sed -i -e 's|listen: 127.0.0.1:|listen: 0.0.0.0:|' \
+           -e 's|socket: baton.sock|socket: /run/baton/control.sock|' \
+           -e 's|pid_file: baton.pid|pid_file: /run/baton/baton.pid|' /etc/baton/config.yaml
+USER baton
+WORKDIR /run/baton
+EXPOSE 8080 9901
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9901/healthz || exit 1
+ENTRYPOINT ["/usr/local/bin/baton"]
+CMD ["run", "-c", "/etc/baton/config.yaml"]
