@@ -26,6 +26,10 @@ use crate::proxy::route::{BackendStates, Snapshot};
 use crate::proxy::serve::AcceptLoop;
 use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status};
 use crate::systemd;
+use crate::upgrade::Inherited;
+
+/// The name of the admin listener among inherited sockets.
+pub const ADMIN_SOCKET_NAME: &str = "admin";
 
 /// Where the process is in its life; `/readyz` is 200 only in `Ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +102,8 @@ pub struct App {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// SIGHUPs are stored here; several during one reload make one more.
     pub(crate) reload_requested: Notify,
+    /// Stops the health checks of the snapshot in use.
+    health: Mutex<Option<CancellationToken>>,
 }
 
 impl App {
@@ -162,6 +168,22 @@ impl App {
                 .collect(),
             draining: Vec::new(),
         }
+    }
+
+    /// Makes `snapshot` the one every new connection uses (one atomic
+    /// store) and restarts health checks for it.
+    pub(crate) fn install(&self, snapshot: Arc<Snapshot>) {
+        self.proxy.snapshot.store(snapshot.clone());
+        let checks = crate::health::start(&snapshot);
+        let old = self
+            .health
+            .lock()
+            .expect("health lock is never poisoned")
+            .replace(checks);
+        if let Some(old) = old {
+            old.cancel();
+        }
+        self.backend_states.prune();
     }
 
     /// Answers one control-socket command.
@@ -328,18 +350,28 @@ async fn serve(
         admin: Mutex::new(None),
         reload_lock: tokio::sync::Mutex::new(()),
         reload_requested: Notify::new(),
+        health: Mutex::new(None),
     });
 
     // Bind everything before serving anything: a port in use fails the start
     // as a whole.
+    // Sockets passed by systemd are adopted by name; the rest are bound.
+    let mut inherited = Inherited::from_systemd();
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let socket = bind(l.listen)
-            .with_context(|| format!("listeners.{}: cannot listen on {}", l.name, l.listen))?;
+        let socket = match inherited.take_tcp(&l.name, l.listen) {
+            Some(s) => s,
+            None => bind(l.listen)
+                .with_context(|| format!("listeners.{}: cannot listen on {}", l.name, l.listen))?,
+        };
         bound.push((l.name.clone(), socket));
     }
-    let admin_socket = bind(config.admin_listen)
-        .with_context(|| format!("admin.listen: cannot listen on {}", config.admin_listen))?;
+    let admin_socket = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
+        Some(s) => s,
+        None => bind(config.admin_listen)
+            .with_context(|| format!("admin.listen: cannot listen on {}", config.admin_listen))?,
+    };
+    inherited.close_rest();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -359,7 +391,9 @@ async fn serve(
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
     }
+    app.install(app.proxy.snapshot.load_full());
     tokio::spawn(app.clone().reload_on_request());
+    tokio::spawn(crate::dns::refresh_loop(app.clone()));
     app.set_lifecycle(Lifecycle::Ready);
     systemd::ready();
     tracing::info!(pid = std::process::id(), config = %config.path.display(), summary = %config.summary(), "baton is serving");

@@ -13,7 +13,9 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod drain;
+pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
@@ -21,5 +23,6 @@ pub mod proxy;
 pub mod reload;
 pub mod status;
 pub mod systemd;
+pub mod upgrade;
 
 pub use app::run;

@@ -128,7 +128,7 @@ impl App {
         let metrics = &self.proxy.metrics;
         metrics.declare(&new);
         let snapshot = Snapshot::build(Arc::new(new), generation, &self.backend_states, metrics);
-        self.proxy.snapshot.store(Arc::new(snapshot));
+        self.install(Arc::new(snapshot));
         metrics.config_generation.set(generation as i64);
 
         for (name, socket) in sockets {
@@ -166,7 +166,6 @@ impl App {
                 metrics.forget_backend(cluster, &b.address);
             }
         }
-        self.backend_states.prune();
         Ok(report(generation))
     }
 }

@@ -8,8 +8,9 @@ mod random;
 mod round_robin;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::config::BalanceKind;
 use crate::metrics::BackendMetrics;
@@ -35,12 +36,29 @@ pub struct Backend {
 /// What outlives a reload: health, active count, ejection.
 pub struct BackendState {
     pub active: AtomicUsize,
-    healthy: AtomicBool,
+    /// Marked down by active health checks.
+    checked_down: AtomicBool,
+    /// Consecutive check results in the current direction (see `health`).
+    pub check_streak: AtomicU32,
     /// Consecutive failed connects seen by the data path.
     pub connect_failures: AtomicU32,
-    /// Passive ejection: no new connections before this time (ms since start).
-    pub ejected_until_ms: AtomicU64,
+    /// Passive ejection: no new connections before this instant
+    /// (milliseconds on [`clock_ms`]); 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    /// How many times in a row it was ejected: the back-off doubles.
+    ejections: AtomicU32,
     pub metrics: BackendMetrics,
+}
+
+/// Consecutive connect failures that eject a backend from new connections.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+const EJECT_BASE_MS: u64 = 1_000;
+const EJECT_MAX_MS: u64 = 30_000;
+
+/// Milliseconds since the process started, on the monotonic clock.
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl BackendState {
@@ -48,20 +66,69 @@ impl BackendState {
         metrics.healthy.set(1);
         BackendState {
             active: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
+            checked_down: AtomicBool::new(false),
+            check_streak: AtomicU32::new(0),
             connect_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
             metrics,
         }
     }
 
+    /// Takes new connections: not down by health checks, not ejected.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        if self.checked_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || clock_ms() >= until
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-        self.metrics.healthy.set(healthy as i64);
+    pub fn is_checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
+    }
+
+    /// The verdict of active health checks.
+    pub fn set_checked_down(&self, down: bool) {
+        self.checked_down.store(down, Ordering::Relaxed);
+        if !down {
+            // A passing check also ends a passive ejection.
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        self.refresh_gauge();
+    }
+
+    pub fn refresh_gauge(&self) {
+        self.metrics.healthy.set(self.is_healthy() as i64);
+    }
+
+    /// A connect succeeded: the failure streak and any back-off end.
+    pub fn connect_succeeded(&self) {
+        if self.connect_failures.swap(0, Ordering::Relaxed) != 0
+            || self.ejected_until_ms.load(Ordering::Relaxed) != 0
+        {
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+            self.refresh_gauge();
+        }
+    }
+
+    /// A connect failed. After [`EJECT_AFTER_FAILURES`] in a row the backend
+    /// gets no new connections for a back-off (1 s doubling to 30 s); the
+    /// returned duration says for how long, when this failure ejected it.
+    pub fn connect_failed(&self) -> Option<Duration> {
+        let failures = self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < EJECT_AFTER_FAILURES {
+            return None;
+        }
+        self.connect_failures.store(0, Ordering::Relaxed);
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let backoff = (EJECT_BASE_MS << n).min(EJECT_MAX_MS);
+        self.ejected_until_ms
+            .store(clock_ms() + backoff, Ordering::Relaxed);
+        self.refresh_gauge();
+        Some(Duration::from_millis(backoff))
     }
 
     /// Counts one more connection to this backend until the guard drops.

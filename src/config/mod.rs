@@ -15,6 +15,7 @@ use std::time::Duration;
 pub use diff::{ConfigDiff, diff};
 pub use file::{BalanceKind, FileConfig};
 pub use lines::LineIndex;
+pub use validate::{HOSTS_FILE_ENV, resolve};
 
 /// A checked configuration: every reference resolves, every address parses,
 /// every path is absolute. Nothing here is "must be Some".

@@ -283,6 +283,10 @@ impl Validator {
     }
 }
 
+/// A hosts-format file consulted before the system resolver: pins names
+/// without touching /etc/hosts (and lets tests change what a name means).
+pub const HOSTS_FILE_ENV: &str = "BATON_HOSTS_FILE";
+
 /// Resolves `HOST:PORT` (an IP or a DNS name) to every address it names.
 pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -291,8 +295,11 @@ pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("{address:?} needs a port: write HOST:PORT"));
     };
-    if host.is_empty() || port.parse::<u16>().is_err() {
+    let (true, Ok(port)) = (!host.is_empty(), port.parse::<u16>()) else {
         return Err(format!("{address:?} is not HOST:PORT"));
+    };
+    if let Some(pinned) = pinned(host, port) {
+        return pinned;
     }
     match address.to_socket_addrs() {
         Ok(addrs) => {
@@ -307,6 +314,33 @@ pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
         }
         Err(e) => Err(format!("{host:?} does not resolve: {e}")),
     }
+}
+
+/// `host` looked up in the file named by [`HOSTS_FILE_ENV`], if set and
+/// the file names it.
+fn pinned(host: &str, port: u16) -> Option<Result<Vec<SocketAddr>, String>> {
+    let path = std::env::var_os(HOSTS_FILE_ENV)?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(format!("cannot read {HOSTS_FILE_ENV} file: {e}"))),
+    };
+    let mut found: Vec<SocketAddr> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip: std::net::IpAddr = words.next()?.parse().ok()?;
+            words
+                .any(|w| w == host)
+                .then_some(SocketAddr::new(ip, port))
+        })
+        .collect();
+    if found.is_empty() {
+        return None;
+    }
+    found.sort();
+    found.dedup();
+    Some(Ok(found))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -56,7 +55,7 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
                     .metrics
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
-                backend.state.connect_failures.store(0, Ordering::Relaxed);
+                backend.state.connect_succeeded();
                 let _ = stream.set_nodelay(true);
                 return Ok(Connected {
                     stream,
@@ -72,10 +71,15 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
         };
         tracing::debug!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, reason = reason.as_str(), "backend connect failed");
         backend.state.metrics.connect_error(reason);
-        backend
-            .state
-            .connect_failures
-            .fetch_add(1, Ordering::Relaxed);
+        if let Some(backoff) = backend.state.connect_failed() {
+            tracing::warn!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, ?backoff, "backend ejected after consecutive connect failures");
+            let state = backend.state.clone();
+            // Show it healthy again on /metrics when the back-off ends.
+            tokio::spawn(async move {
+                tokio::time::sleep(backoff).await;
+                state.refresh_gauge();
+            });
+        }
         last = Some((backend, reason, detail));
     }
     match last {

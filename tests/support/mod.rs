@@ -51,8 +51,16 @@ impl Backend {
         Backend::start_with("echo", false)
     }
 
+    /// A naming backend on a given address (such as 127.0.0.2:PORT).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        Backend::serve(TcpListener::bind(addr).unwrap(), name, true)
+    }
+
     fn start_with(name: &str, announce: bool) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::serve(TcpListener::bind("127.0.0.1:0").unwrap(), name, announce)
+    }
+
+    fn serve(listener: TcpListener, name: &str, announce: bool) -> Backend {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,8 +107,13 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
+        // Wake the accept loop so it sees the flag, then wait until the port
+        // refuses: the listener is closed.
         let _ = TcpStream::connect(self.addr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).is_ok() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
