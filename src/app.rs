@@ -1,17 +1,18 @@
-//! Wiring: builds the routing snapshot, binds listeners, admin and control,
-//! runs until a stop signal, then drains.
+//! Wiring: builds the routing snapshot, binds (or inherits) listeners, admin
+//! and control, serves until a stop signal or a hand-over, then drains.
 //! Phases: `Starting → Ready → Draining → Stopped`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::{self, Command, Response};
 use crate::drain::Drain;
+use crate::logging::LogFormat;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::listener::bind;
@@ -26,7 +28,10 @@ use crate::proxy::route::{BackendStates, Snapshot};
 use crate::proxy::serve::AcceptLoop;
 use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status};
 use crate::systemd;
-use crate::upgrade::Inherited;
+use crate::upgrade::drains::{Drains, report_loop};
+use crate::upgrade::predecessor::UpgradeSlot;
+use crate::upgrade::successor::{self, Release};
+use crate::upgrade::{Inherited, is_listening};
 
 /// The name of the admin listener among inherited sockets.
 pub const ADMIN_SOCKET_NAME: &str = "admin";
@@ -61,6 +66,17 @@ impl Lifecycle {
     }
 }
 
+/// How this process was started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `argv[0]` made absolute at start: what `SIGUSR2` runs (a symlink stays
+    /// a symlink, so a replaced file on disk is what runs next).
+    pub exe: PathBuf,
+    pub log_format: LogFormat,
+    /// Take the listeners of a running baton instead of binding them.
+    pub upgrade: bool,
+}
+
 /// A listener this process accepts on.
 pub(crate) struct RunningListener {
     pub addr: SocketAddr,
@@ -83,8 +99,9 @@ impl RunningListener {
     }
 }
 
-/// The admin server of this process.
-pub(crate) struct AdminServer {
+/// A server task (admin, control) with our own handle on its socket.
+pub(crate) struct Server<S> {
+    pub socket: S,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -94,19 +111,67 @@ pub struct App {
     pub proxy: Arc<Proxy>,
     /// Process generation: 0 on first start, +1 per upgrade.
     pub generation: u64,
+    pub(crate) options: RunOptions,
     lifecycle: AtomicU8,
     pub(crate) backend_states: BackendStates,
     pub(crate) listeners: Mutex<HashMap<String, RunningListener>>,
-    pub(crate) admin: Mutex<Option<AdminServer>>,
+    pub(crate) admin: Mutex<Option<Server<std::net::TcpListener>>>,
+    pub(crate) control: Mutex<Option<Server<std::os::unix::net::UnixListener>>>,
     /// One reload at a time.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// SIGHUPs are stored here; several during one reload make one more.
     pub(crate) reload_requested: Notify,
     /// Stops the health checks of the snapshot in use.
     health: Mutex<Option<CancellationToken>>,
+    pub(crate) upgrade_slot: UpgradeSlot,
+    pub(crate) drains: Drains,
+    /// Whether this process owns the control socket and pid file (removes
+    /// them when it stops for good).
+    owner: AtomicBool,
+    /// Fired when a successor took over.
+    handed_over: Notify,
 }
 
 impl App {
+    fn new(
+        config: Config,
+        generation: u64,
+        config_generation: u64,
+        options: RunOptions,
+    ) -> Arc<App> {
+        let metrics = Metrics::new(generation);
+        metrics.declare(&config);
+        metrics.config_generation.set(config_generation as i64);
+        let backend_states = BackendStates::default();
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            config_generation,
+            &backend_states,
+            &metrics,
+        );
+        Arc::new(App {
+            proxy: Arc::new(Proxy {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                metrics,
+                drain: Drain::default(),
+            }),
+            generation,
+            options,
+            lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
+            backend_states,
+            listeners: Mutex::new(HashMap::new()),
+            admin: Mutex::new(None),
+            control: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+            reload_requested: Notify::new(),
+            health: Mutex::new(None),
+            upgrade_slot: UpgradeSlot::default(),
+            drains: Mutex::new(BTreeMap::new()),
+            owner: AtomicBool::new(false),
+            handed_over: Notify::new(),
+        })
+    }
+
     pub fn lifecycle(&self) -> Lifecycle {
         Lifecycle::from_u8(self.lifecycle.load(Ordering::Acquire))
     }
@@ -166,7 +231,7 @@ impl App {
                         .collect(),
                 })
                 .collect(),
-            draining: Vec::new(),
+            draining: self.draining_status(),
         }
     }
 
@@ -193,18 +258,35 @@ impl App {
                 status: Some(self.status()),
                 ..Response::ok()
             },
-            Command::Reload { dry_run } => match self.reload_lock.try_lock() {
-                Err(_) => {
-                    Response::error("a reload is already in progress; try again when it ends")
+            Command::Reload { dry_run } => {
+                if self.lifecycle() != Lifecycle::Ready {
+                    return Response::error(
+                        "this process is draining; reload the one that accepts",
+                    );
                 }
-                Ok(guard) => match self.reload_locked(dry_run, guard).await {
-                    Ok(report) => Response {
-                        reload: Some(report),
-                        ..Response::ok()
+                match self.reload_lock.try_lock() {
+                    Err(_) => {
+                        Response::error("a reload is already in progress; try again when it ends")
+                    }
+                    Ok(guard) => match self.reload_locked(dry_run, guard).await {
+                        Ok(report) => Response {
+                            reload: Some(report),
+                            ..Response::ok()
+                        },
+                        Err(e) => Response::error(e.to_string()),
                     },
-                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Command::Upgrade { binary } => match self.upgrade(binary).await {
+                Ok(report) => Response {
+                    upgrade: Some(report),
+                    ..Response::ok()
                 },
+                Err(reason) => Response::error(reason),
             },
+            Command::Handover { .. } | Command::DrainReport(_) => {
+                Response::error("handled by the control connection")
+            }
         }
     }
 
@@ -246,29 +328,6 @@ impl App {
         Ok(())
     }
 
-    pub(crate) fn start_admin(
-        self: &Arc<Self>,
-        socket: std::net::TcpListener,
-    ) -> anyhow::Result<()> {
-        let addr = socket.local_addr()?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(crate::admin::serve(
-            TcpListener::from_std(socket)?,
-            self.clone(),
-            stop.clone(),
-        ));
-        let old = self
-            .admin
-            .lock()
-            .expect("admin lock is never poisoned")
-            .replace(AdminServer { stop, task });
-        if let Some(old) = old {
-            old.stop.cancel();
-        }
-        tracing::info!(%addr, "admin listening");
-        Ok(())
-    }
-
     /// Stops every accept loop and closes this process's listening fds.
     fn stop_listeners(&self, leave_queue: bool) {
         let mut listeners = self
@@ -280,6 +339,34 @@ impl App {
         }
     }
 
+    pub(crate) fn start_admin(
+        self: &Arc<Self>,
+        socket: std::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        let addr = socket.local_addr()?;
+        let ours = socket.try_clone()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::admin::serve(
+            TcpListener::from_std(socket)?,
+            self.clone(),
+            stop.clone(),
+        ));
+        let old = self
+            .admin
+            .lock()
+            .expect("admin lock is never poisoned")
+            .replace(Server {
+                socket: ours,
+                stop,
+                task,
+            });
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+        tracing::info!(%addr, "admin listening");
+        Ok(())
+    }
+
     async fn stop_admin(&self) {
         let admin = self
             .admin
@@ -288,8 +375,51 @@ impl App {
             .take();
         if let Some(admin) = admin {
             admin.stop.cancel();
+            drop(admin.socket);
             let _ = admin.task.await;
         }
+    }
+
+    fn start_control(
+        self: &Arc<Self>,
+        socket: std::os::unix::net::UnixListener,
+    ) -> anyhow::Result<()> {
+        let ours = socket.try_clone()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(control::serve(
+            tokio::net::UnixListener::from_std(socket)?,
+            self.clone(),
+            stop.clone(),
+        ));
+        *self.control.lock().expect("control lock is never poisoned") = Some(Server {
+            socket: ours,
+            stop,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Stops answering new control connections (open ones finish).
+    fn stop_control(&self) {
+        if let Some(control) = self
+            .control
+            .lock()
+            .expect("control lock is never poisoned")
+            .take()
+        {
+            control.stop.cancel();
+        }
+    }
+
+    /// The successor is ready: stop accepting, stop serving admin and
+    /// control, and let the successor own everything.
+    pub(crate) async fn release(&self) {
+        self.set_lifecycle(Lifecycle::Draining);
+        self.stop_listeners(true);
+        self.stop_control();
+        self.stop_admin().await;
+        self.owner.store(false, Ordering::Release);
+        self.handed_over.notify_one();
     }
 
     /// Reloads on every SIGHUP; SIGHUPs that arrive during a reload make
@@ -314,117 +444,311 @@ impl App {
     }
 }
 
-/// Runs baton in this process until a stop signal and the drain after it.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    crate::limits::raise_nofile();
-    let control_socket = control::bind(&config.control_socket)?;
-    let control_path = config.control_socket.clone();
-    let result = serve(config, control_socket).await;
-    // Only the process that owns the control socket removes it, and only
-    // when it stops for good.
-    let _ = std::fs::remove_file(&control_path);
-    result
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr2: Signal,
 }
 
-async fn serve(
-    config: Config,
-    control_socket: std::os::unix::net::UnixListener,
-) -> anyhow::Result<()> {
-    let metrics = Metrics::new(0);
-    metrics.declare(&config);
-    metrics.config_generation.set(1);
-    let backend_states = BackendStates::default();
-    let config = Arc::new(config);
-    let snapshot = Snapshot::build(config.clone(), 1, &backend_states, &metrics);
-    let proxy = Arc::new(Proxy {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        metrics,
-        drain: Drain::default(),
-    });
-    let app = Arc::new(App {
-        proxy,
-        generation: 0,
-        lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
-        backend_states,
-        listeners: Mutex::new(HashMap::new()),
-        admin: Mutex::new(None),
-        reload_lock: tokio::sync::Mutex::new(()),
-        reload_requested: Notify::new(),
-        health: Mutex::new(None),
-    });
-
-    // Bind everything before serving anything: a port in use fails the start
-    // as a whole.
-    // Sockets passed by systemd are adopted by name; the rest are bound.
-    let mut inherited = Inherited::from_systemd();
-    let mut bound = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let socket = match inherited.take_tcp(&l.name, l.listen) {
-            Some(s) => s,
-            None => bind(l.listen)
-                .with_context(|| format!("listeners.{}: cannot listen on {}", l.name, l.listen))?,
-        };
-        bound.push((l.name.clone(), socket));
+impl Signals {
+    /// Registered before anything else, so SIGHUP and SIGUSR2 never kill a
+    /// process that is starting or draining: they are simply not acted on.
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
     }
-    let admin_socket = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
-        Some(s) => s,
-        None => bind(config.admin_listen)
-            .with_context(|| format!("admin.listen: cannot listen on {}", config.admin_listen))?,
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Runs baton in this process until a stop signal and the drain after it,
+/// or, once a successor took over, until this process has drained.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
+    let mut signals = Signals::new()?;
+    let app = if options.upgrade {
+        start_as_successor(config, options, &mut signals).await?
+    } else {
+        start(config, options).await?
     };
-    inherited.close_rest();
+    serve(app, signals).await
+}
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
+/// First start: bind (or adopt from systemd) everything.
+async fn start(config: Config, options: RunOptions) -> anyhow::Result<Arc<App>> {
+    let control_socket = control::bind(&config.control_socket)?;
+    let app = App::new(config.clone(), 0, 1, options);
+    app.owner.store(true, Ordering::Release);
+    let bound = (|| {
+        let mut inherited = Inherited::from_systemd();
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let socket = match inherited.take_tcp(&l.name, l.listen) {
+                Some(s) => s,
+                None => bind(l.listen).with_context(|| {
+                    format!("listeners.{}: cannot listen on {}", l.name, l.listen)
+                })?,
+            };
+            bound.push((l.name.clone(), socket));
+        }
+        let admin = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
+            Some(s) => s,
+            None => bind(config.admin_listen).with_context(|| {
+                format!("admin.listen: cannot listen on {}", config.admin_listen)
+            })?,
+        };
+        inherited.close_rest();
+        anyhow::Ok((bound, admin))
+    })();
+    let (bound, admin) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.control_socket);
+            return Err(e);
+        }
+    };
     for (name, socket) in bound {
         app.start_listener(&name, socket)?;
     }
-    app.start_admin(admin_socket)?;
-    let control_stop = CancellationToken::new();
-    let control_task = tokio::spawn(control::serve(
-        tokio::net::UnixListener::from_std(control_socket)?,
-        app.clone(),
-        control_stop.clone(),
-    ));
+    app.start_admin(admin)?;
+    app.start_control(control_socket)?;
     if let Some(pid_file) = &config.pid_file {
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
     }
     app.install(app.proxy.snapshot.load_full());
-    tokio::spawn(app.clone().reload_on_request());
-    tokio::spawn(crate::dns::refresh_loop(app.clone()));
     app.set_lifecycle(Lifecycle::Ready);
     systemd::ready();
     tracing::info!(pid = std::process::id(), config = %config.path.display(), summary = %config.summary(), "baton is serving");
+    Ok(app)
+}
 
-    loop {
+/// `run --upgrade`: take the running process's sockets, start accepting
+/// beside it, report ready, and own everything once it lets go.
+async fn start_as_successor(
+    config: Config,
+    options: RunOptions,
+    signals: &mut Signals,
+) -> anyhow::Result<Arc<App>> {
+    let mut predecessor = successor::receive(&config.control_socket).await?;
+    let header = &predecessor.header;
+    let app = App::new(
+        config.clone(),
+        header.generation + 1,
+        header.config_generation + 1,
+        options,
+    );
+    for gc in &header.counters {
+        app.proxy
+            .metrics
+            .set_earlier(gc.generation, gc.counts.clone());
+    }
+    inherit_health(&app, header);
+    let mut inherited = std::mem::take(&mut predecessor.inherited);
+
+    let adopted = (|| {
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let socket = match inherited.take_tcp(&l.name, l.listen) {
+                Some(s) => s,
+                None => bind(l.listen).with_context(|| {
+                    format!("listeners.{}: cannot listen on {}", l.name, l.listen)
+                })?,
+            };
+            bound.push((l.name.clone(), socket));
+        }
+        let admin = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
+            Some(s) => s,
+            None => bind(config.admin_listen).with_context(|| {
+                format!("admin.listen: cannot listen on {}", config.admin_listen)
+            })?,
+        };
+        let control = inherited.take_control(&config.control_socket);
+        inherited.close_rest();
+        anyhow::Ok((bound, admin, control))
+    })();
+    let (bound, admin, control_socket) = match adopted {
+        Ok(a) => a,
+        Err(e) => {
+            predecessor.failed(format!("{e:#}")).await;
+            return Err(e);
+        }
+    };
+    for (name, socket) in bound {
+        app.start_listener(&name, socket)?;
+    }
+    let not_listening: Vec<String> = app
+        .listeners
+        .lock()
+        .expect("listener lock is never poisoned")
+        .iter()
+        .filter(|(_, l)| !is_listening(&l.socket))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !not_listening.is_empty() {
+        let reason = format!("listeners not listening: {}", not_listening.join(", "));
+        predecessor.failed(reason.clone()).await;
+        anyhow::bail!(reason);
+    }
+    app.install(app.proxy.snapshot.load_full());
+    predecessor.ready(app.generation).await?;
+    tracing::info!(
+        predecessor = header.pid,
+        generation = app.generation,
+        "accepting beside the predecessor; ready"
+    );
+
+    let release = tokio::select! {
+        r = predecessor.released() => r,
+        _ = signals.stop() => Release::Refused("stopped by a signal before the predecessor let go".into()),
+    };
+    if let Release::Refused(reason) = release {
+        // Drain what we accepted; the control socket and pid file stay the
+        // predecessor's.
+        tracing::warn!(
+            reason,
+            "upgrade rolled back; draining what this process accepted"
+        );
+        app.set_lifecycle(Lifecycle::Draining);
+        app.stop_listeners(false);
+        let timeout = config.drain_timeout;
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => app.reload_requested.notify_one(),
+            _ = app.proxy.drain.drain(timeout) => {}
+            _ = signals.stop() => { app.proxy.drain.cut(); }
+        }
+        anyhow::bail!("upgrade rolled back: {reason}");
+    }
+    if matches!(release, Release::Gone) {
+        tracing::warn!(
+            "the predecessor went away during the hand-over; this process owns everything"
+        );
+    }
+    app.owner.store(true, Ordering::Release);
+    app.start_admin(admin)?;
+    let control_socket = match control_socket {
+        Some(s) => s,
+        None => control::bind(&config.control_socket)?,
+    };
+    app.start_control(control_socket)?;
+    if let Some(pid_file) = &config.pid_file {
+        write_pid_file(pid_file)
+            .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
+    }
+    if matches!(release, Release::Released) {
+        app.expect_drain(header.pid, header.generation);
+    }
+    for (pid, generation) in &header.draining {
+        app.expect_drain(*pid, *generation);
+    }
+    app.proxy
+        .metrics
+        .upgrades
+        .with_label_values(&["success"])
+        .inc();
+    app.set_lifecycle(Lifecycle::Ready);
+    systemd::took_over();
+    tracing::info!(pid = std::process::id(), generation = app.generation, config = %config.path.display(), "baton took over and is serving");
+    Ok(app)
+}
+
+/// Backend health as the predecessor saw it, for addresses we still have.
+fn inherit_health(app: &App, header: &crate::upgrade::wire::Header) {
+    let snapshot = app.proxy.snapshot.load();
+    for h in header.health.iter().filter(|h| h.down) {
+        let backend = snapshot
+            .clusters
+            .iter()
+            .filter(|c| c.config.name == h.cluster)
+            .flat_map(|c| c.backends.iter())
+            .find(|b| *b.address == *h.address && b.addr == h.addr);
+        if let Some(b) = backend {
+            b.state.set_checked_down(true);
         }
     }
+}
 
-    app.set_lifecycle(Lifecycle::Draining);
-    systemd::stopping();
-    app.stop_listeners(false);
-    let drain_timeout = app.proxy.snapshot.load().config.drain_timeout;
-    tracing::info!(connections = app.proxy.drain.active(), timeout = ?drain_timeout, "stopping: draining open connections");
+/// Serves until a stop signal or a hand-over, then drains and stops.
+async fn serve(app: Arc<App>, mut signals: Signals) -> anyhow::Result<()> {
+    let background = CancellationToken::new();
+    tokio::spawn(app.clone().reload_on_request());
+    tokio::spawn(crate::dns::refresh_loop(app.clone()));
+    let sweeper = app.clone();
+    let sweeper_stop = background.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sweeper_stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => sweeper.sweep_drains(),
+            }
+        }
+    });
+
+    let handed_over = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break false,
+            _ = signals.int.recv() => break false,
+            _ = signals.hup.recv() => app.reload_requested.notify_one(),
+            _ = signals.usr2.recv() => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    match app.upgrade(None).await {
+                        Ok(r) => tracing::info!(new_pid = r.new_pid, new_generation = r.new_generation, "SIGUSR2 upgrade done"),
+                        Err(reason) => tracing::error!(reason, "SIGUSR2 upgrade failed"),
+                    }
+                });
+            }
+            _ = app.handed_over.notified() => break true,
+        }
+    };
+
+    let config = app.proxy.snapshot.load().config.clone();
+    let started = Instant::now();
+    let reports = CancellationToken::new();
+    let reporter = if handed_over {
+        tracing::info!(connections = app.proxy.drain.active(), timeout = ?config.drain_timeout, "handed over; draining open connections");
+        Some(tokio::spawn(report_loop(
+            app.clone(),
+            config.control_socket.clone(),
+            started,
+            reports.clone(),
+        )))
+    } else {
+        app.set_lifecycle(Lifecycle::Draining);
+        systemd::stopping();
+        app.stop_listeners(false);
+        tracing::info!(connections = app.proxy.drain.active(), timeout = ?config.drain_timeout, "stopping: draining open connections");
+        None
+    };
     let forced = tokio::select! {
-        forced = app.proxy.drain.drain(drain_timeout) => forced,
-        _ = sigterm.recv() => stop_now(&app),
-        _ = sigint.recv() => stop_now(&app),
+        forced = app.proxy.drain.drain(config.drain_timeout) => forced,
+        _ = signals.stop() => stop_now(&app),
     };
     if forced > 0 {
         tracing::warn!(forced, "drain timeout: closed the remaining connections");
     }
+    reports.cancel();
+    if let Some(reporter) = reporter {
+        let _ = tokio::time::timeout(Duration::from_secs(3), reporter).await;
+    }
     app.stop_admin().await;
-    control_stop.cancel();
-    let _ = control_task.await;
-    let pid_file = app.proxy.snapshot.load().config.pid_file.clone();
-    if let Some(pid_file) = pid_file {
-        remove_pid_file(&pid_file);
+    app.stop_control();
+    background.cancel();
+    if app.owner.load(Ordering::Acquire) {
+        // Only the process that owns them removes them, when it stops for good.
+        if let Some(pid_file) = &config.pid_file {
+            remove_pid_file(pid_file);
+        }
+        let _ = std::fs::remove_file(&config.control_socket);
     }
     app.set_lifecycle(Lifecycle::Stopped);
     tracing::info!("stopped");

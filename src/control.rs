@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::status::Status;
+use crate::upgrade::predecessor::UpgradeReport;
+use crate::upgrade::wire::DrainReport;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// A request line longer than this is refused: the socket is local, but a
@@ -48,6 +50,21 @@ pub enum Command {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Spawn a successor of `binary` (default: our own `argv[0]`) and hand
+    /// over to it; answered when it took over or the upgrade rolled back.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<PathBuf>,
+    },
+    /// From a successor: send me your sockets (see `upgrade`). With
+    /// `error`, the successor could not load its config.
+    Handover {
+        pid: u32,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// From a draining predecessor, once a second on one connection.
+    DrainReport(DrainReport),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,6 +77,8 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeReport>,
 }
 
 impl Response {
@@ -164,30 +183,62 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, stop: CancellationToke
 }
 
 async fn connection(stream: UnixStream, app: Arc<App>) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read);
+    let mut lines = tokio::io::BufReader::new(stream);
     let mut line = String::new();
-    loop {
+    // The pid of a draining predecessor that reports on this connection.
+    let mut reporter: Option<u32> = None;
+    let result = loop {
         line.clear();
-        let n = (&mut lines)
+        let n = match (&mut lines)
             .take(MAX_LINE as u64)
             .read_line(&mut line)
-            .await?;
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
         if n == 0 {
-            return Ok(());
+            break Ok(());
         }
         let response = match serde_json::from_str::<Request>(line.trim()) {
             Ok(request) if request.v != PROTOCOL_VERSION => Response::error(format!(
                 "control protocol version {} is not supported (this baton speaks {PROTOCOL_VERSION})",
                 request.v
             )),
+            Ok(Request {
+                command: Command::Handover { pid, error },
+                ..
+            }) => {
+                // The rest of this connection is the hand-over protocol.
+                app.hand_over(lines.into_inner(), pid, error).await;
+                return Ok(());
+            }
+            Ok(Request {
+                command: Command::DrainReport(report),
+                ..
+            }) => {
+                reporter = Some(report.pid);
+                if app.record_drain(report) {
+                    Response::ok()
+                } else {
+                    // We no longer accept: the reporter should find the
+                    // process that does.
+                    break Ok(());
+                }
+            }
             Ok(request) => app.clone().control(request.command).await,
             Err(e) => Response::error(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).expect("responses always serialize");
         out.push(b'\n');
-        write.write_all(&out).await?;
+        if let Err(e) = lines.get_mut().write_all(&out).await {
+            break Err(e);
+        }
+    };
+    if let Some(pid) = reporter {
+        app.drain_ended(pid);
     }
+    result
 }
 
 /// Sends one request and waits up to `timeout` for its answer.

@@ -25,4 +25,4 @@ pub mod status;
 pub mod systemd;
 pub mod upgrade;
 
-pub use app::run;
+pub use app::{RunOptions, run};

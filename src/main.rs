@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use baton::app::RunOptions;
 use baton::config::{self, Config};
 use baton::control::{self, Command as ControlCommand};
 use baton::logging::{self, LogFormat};
@@ -37,7 +38,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in the foreground (the default command).
-    Run,
+    Run {
+        /// Start as the successor of the running baton: take its listeners
+        /// over the control socket instead of binding them.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate a config: exit 0 if valid, 1 with every error if not.
     Check,
     /// Ask the running baton to reload its config; exit 0 once it is live.
@@ -45,6 +51,12 @@ enum Command {
         /// Print what would change without applying it.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Hand the running baton's sockets to a new process of BINARY (default:
+    /// the path it was started from); exit 0 only if the new one took over.
+    Upgrade {
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Show the running baton's listeners, clusters, backends and drains.
     Status {
@@ -56,9 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Check => check(&cli.config),
-        Command::Run => run(&cli.config, cli.log_format),
+        Command::Run { upgrade } => run(&cli.config, cli.log_format, upgrade),
+        Command::Upgrade { binary } => upgrade(&socket(&cli.config, cli.control_socket), binary),
         Command::Reload { dry_run } => reload(&socket(&cli.config, cli.control_socket), dry_run),
         Command::Status { json } => status(&socket(&cli.config, cli.control_socket), json),
     }
@@ -78,15 +91,8 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+fn run(path: &Path, log_format: LogFormat, upgrade: bool) -> ExitCode {
     logging::init(log_format);
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // The multi-thread runtime honours TOKIO_WORKER_THREADS; by default one
     // worker per core.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -99,11 +105,76 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(baton::run(config)) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            if upgrade {
+                // Tell the running baton why, so it rolls back at once.
+                if let Ok(socket) = config::control_socket_of(path) {
+                    let _ = runtime.block_on(baton::upgrade::successor::report_config_error(
+                        &socket,
+                        e.to_string(),
+                    ));
+                }
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = RunOptions {
+        exe: own_path(),
+        log_format,
+        upgrade,
+    };
+    match runtime.block_on(baton::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("baton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `argv[0]` made absolute now, so a later `SIGUSR2` runs the file at that
+/// path (a package upgrade replaces it), not `/proc/self/exe` (the deleted
+/// old file).
+fn own_path() -> PathBuf {
+    let argv0 = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    if argv0.components().count() > 1 {
+        return std::path::absolute(&argv0).unwrap_or(argv0);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(&argv0))
+            .find(|candidate| candidate.is_file())
+    });
+    found
+        .or_else(|| std::env::current_exe().ok())
+        .unwrap_or(argv0)
+}
+
+fn upgrade(socket: &Path, binary: Option<PathBuf>) -> ExitCode {
+    let binary = binary.map(|b| std::path::absolute(&b).unwrap_or(b));
+    let command = ControlCommand::Upgrade { binary };
+    match control::request(socket, &command, Duration::from_secs(3600)) {
+        Ok(r) if r.ok => {
+            let u = r.upgrade.unwrap_or_default();
+            println!(
+                "upgraded: pid {} (generation {}) -> pid {} (generation {}) in {:.0} ms; the old process drains",
+                u.old_pid, u.old_generation, u.new_pid, u.new_generation, u.duration_ms
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("upgrade failed: {}", r.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("upgrade failed: {e}");
             ExitCode::FAILURE
         }
     }

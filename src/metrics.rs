@@ -2,11 +2,17 @@
 //! path holds pre-resolved handles ([`ListenerMetrics`], [`BackendMetrics`]),
 //! never a label lookup per read.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use prometheus::core::Collector;
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
@@ -90,6 +96,9 @@ const RELOAD_BUCKETS: [f64; 12] = [
 
 pub struct Metrics {
     registry: Registry,
+    /// The last own counts of every earlier process generation, added to
+    /// ours on export so no `_total` goes backwards across an upgrade.
+    earlier: Mutex<BTreeMap<u64, CounterSnapshot>>,
     pub process_generation: IntGauge,
     pub config_generation: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -320,6 +329,7 @@ impl Metrics {
                 .expect("valid metric definition"),
             ),
             registry: r,
+            earlier: Mutex::new(BTreeMap::new()),
         };
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
@@ -388,14 +398,82 @@ impl Metrics {
             .remove_label_values(&[cluster, address]);
     }
 
-    /// The Prometheus text exposition of everything registered.
+    /// The Prometheus text exposition: our own values, with every earlier
+    /// generation's counters and histograms added by exact label set.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
-        let families = self.registry.gather();
+        let mut families = self.registry.gather();
+        {
+            let earlier = self.earlier.lock().expect("metrics lock is never poisoned");
+            for snapshot in earlier.values() {
+                merge(&mut families, snapshot);
+            }
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         TextEncoder::new()
             .encode(&families, &mut out)
             .expect("encoding to a Vec cannot fail");
         out
+    }
+
+    /// Our own counter and histogram values (not including earlier
+    /// generations'), for a successor or a drain report.
+    pub fn own_counts(&self) -> CounterSnapshot {
+        let mut series = Vec::new();
+        for family in self.registry.gather() {
+            let kind = match family.get_field_type() {
+                MetricType::COUNTER => SeriesKind::Counter,
+                MetricType::HISTOGRAM => SeriesKind::Histogram,
+                _ => continue,
+            };
+            for m in family.get_metric() {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                let mut s = CounterSeries {
+                    name: family.name().to_string(),
+                    help: family.help().to_string(),
+                    kind,
+                    labels,
+                    value: 0.0,
+                    count: 0,
+                    buckets: Vec::new(),
+                };
+                match kind {
+                    SeriesKind::Counter => s.value = m.get_counter().get_value(),
+                    SeriesKind::Histogram => {
+                        let h = m.get_histogram();
+                        s.value = h.get_sample_sum();
+                        s.count = h.get_sample_count();
+                        s.buckets = h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| (b.upper_bound(), b.cumulative_count()))
+                            .collect();
+                    }
+                }
+                series.push(s);
+            }
+        }
+        CounterSnapshot { series }
+    }
+
+    /// Records the latest own counts of an earlier generation.
+    pub fn set_earlier(&self, generation: u64, counts: CounterSnapshot) {
+        self.earlier
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .insert(generation, counts);
+    }
+
+    /// Every earlier generation's last counts, for our own successor.
+    pub fn earlier(&self) -> BTreeMap<u64, CounterSnapshot> {
+        self.earlier
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .clone()
     }
 }
 
@@ -436,5 +514,166 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     pub fn connect_error(&self, reason: ConnectErrorReason) {
         self.connect_errors[reason as usize].inc();
+    }
+}
+
+/// Counter and histogram values of one process, by series.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    pub series: Vec<CounterSeries>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesKind {
+    Counter,
+    Histogram,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CounterSeries {
+    pub name: String,
+    pub help: String,
+    pub kind: SeriesKind,
+    pub labels: Vec<(String, String)>,
+    /// The counter's value, or the histogram's sum.
+    pub value: f64,
+    /// The histogram's count.
+    #[serde(default)]
+    pub count: u64,
+    /// The histogram's cumulative buckets: (upper bound, count).
+    #[serde(default)]
+    pub buckets: Vec<(f64, u64)>,
+}
+
+fn same_labels(m: &proto::Metric, labels: &[(String, String)]) -> bool {
+    let mine = m.get_label();
+    mine.len() == labels.len()
+        && mine
+            .iter()
+            .all(|l| labels.iter().any(|(k, v)| k == l.name() && v == l.value()))
+}
+
+/// Adds `snapshot` into `families`: to the series with the exact same
+/// labels, or as a series of its own when we have none (a listener or
+/// backend this process no longer has keeps its value).
+fn merge(families: &mut Vec<MetricFamily>, snapshot: &CounterSnapshot) {
+    for s in &snapshot.series {
+        let index = match families.iter().position(|f| f.name() == s.name) {
+            Some(i) => i,
+            None => {
+                let mut f = MetricFamily::default();
+                f.set_name(s.name.clone());
+                f.set_help(s.help.clone());
+                f.set_field_type(match s.kind {
+                    SeriesKind::Counter => MetricType::COUNTER,
+                    SeriesKind::Histogram => MetricType::HISTOGRAM,
+                });
+                families.push(f);
+                families.len() - 1
+            }
+        };
+        let family = &mut families[index];
+        let metrics = family.mut_metric();
+        let metric = match metrics.iter().position(|m| same_labels(m, &s.labels)) {
+            Some(i) => &mut metrics[i],
+            None => {
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut l = proto::LabelPair::default();
+                        l.set_name(k.clone());
+                        l.set_value(v.clone());
+                        l
+                    })
+                    .collect();
+                let mut m = proto::Metric::from_label(labels);
+                if s.kind == SeriesKind::Histogram {
+                    let mut h = proto::Histogram::default();
+                    h.set_bucket(
+                        s.buckets
+                            .iter()
+                            .map(|&(bound, _)| {
+                                let mut b = proto::Bucket::default();
+                                b.set_upper_bound(bound);
+                                b
+                            })
+                            .collect(),
+                    );
+                    m.set_histogram(h);
+                }
+                metrics.push(m);
+                metrics.last_mut().expect("just pushed")
+            }
+        };
+        match s.kind {
+            SeriesKind::Counter => {
+                let mut c = proto::Counter::default();
+                c.set_value(metric.get_counter().get_value() + s.value);
+                metric.set_counter(c);
+            }
+            SeriesKind::Histogram => {
+                let old = metric.get_histogram();
+                let mut h = proto::Histogram::default();
+                h.set_sample_count(old.get_sample_count() + s.count);
+                h.set_sample_sum(old.get_sample_sum() + s.value);
+                h.set_bucket(
+                    old.get_bucket()
+                        .iter()
+                        .map(|b| {
+                            let add = s
+                                .buckets
+                                .iter()
+                                .find(|(bound, _)| *bound == b.upper_bound())
+                                .map_or(0, |(_, c)| *c);
+                            let mut nb = proto::Bucket::default();
+                            nb.set_upper_bound(b.upper_bound());
+                            nb.set_cumulative_count(b.cumulative_count() + add);
+                            nb
+                        })
+                        .collect(),
+                );
+                metric.set_histogram(h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_generations_add_by_exact_label_set() {
+        let old = Metrics::new(0);
+        old.listener("web").accepted.inc_by(5);
+        old.listener("gone").accepted.inc_by(2);
+        old.backend("app", "b:1").connect_duration.observe(0.001);
+        let new = Metrics::new(1);
+        new.listener("web").accepted.inc_by(1);
+        new.backend("app", "b:1").connect_duration.observe(0.001);
+        new.set_earlier(0, old.own_counts());
+        let text = String::from_utf8(new.encode()).unwrap();
+        assert!(
+            text.contains("baton_connections_accepted_total{listener=\"web\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_connections_accepted_total{listener=\"gone\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_backend_connect_duration_seconds_count{cluster=\"app\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "baton_backend_connect_duration_seconds_bucket{cluster=\"app\",le=\"0.001\"} 2\n"
+            ),
+            "{text}"
+        );
+        // Gauges are never summed.
+        assert!(text.contains("baton_process_generation 1\n"), "{text}");
     }
 }

@@ -28,3 +28,10 @@ pub fn reloaded(status: &str) {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
+
+/// A successor that took over: systemd must follow the new main pid
+/// (`NotifyAccess=all` lets it send this).
+pub fn took_over() {
+    send(&[NotifyState::MainPid(std::process::id())]);
+    send(&[NotifyState::Ready]);
+}
