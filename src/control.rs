@@ -209,8 +209,21 @@ async fn connection(stream: UnixStream, app: Arc<App>) -> io::Result<()> {
                 command: Command::Handover { pid, error },
                 ..
             }) => {
+                // The kernel's word for who is asking, not the request's: a
+                // rollback signals this pid.
+                let peer = lines.get_ref().peer_cred().ok().and_then(|c| c.pid());
+                let Some(peer) = peer.map(|p| p as u32) else {
+                    return Ok(());
+                };
+                if peer != pid {
+                    tracing::warn!(
+                        claimed = pid,
+                        peer,
+                        "hand-over request names another pid; using the peer's"
+                    );
+                }
                 // The rest of this connection is the hand-over protocol.
-                app.hand_over(lines.into_inner(), pid, error).await;
+                app.hand_over(lines.into_inner(), peer, error).await;
                 return Ok(());
             }
             Ok(Request {

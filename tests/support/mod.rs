@@ -520,3 +520,135 @@ fn long_stream(
     }
     Ok(())
 }
+
+/// A small HTTP/1.1 backend with keep-alive: every request gets `ok`.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+}
+
+impl HttpBackend {
+    pub fn start() -> HttpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        // Request line and headers, up to the blank line.
+                        loop {
+                            line.clear();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => {}
+                            }
+                        }
+                        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if writer.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HttpBackend { addr }
+    }
+}
+
+/// HTTP keep-alive clients: each sends `per_connection` requests on one
+/// connection, then opens a new one, until stopped; every failure counts.
+pub struct KeepAlive {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl KeepAlive {
+    pub fn start(addr: SocketAddr, workers: usize, per_connection: usize) -> KeepAlive {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let threads = (0..workers)
+            .map(|_| {
+                let (stop, errors, requests) = (stop.clone(), errors.clone(), requests.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Err(e) = keep_alive_session(addr, per_connection, &requests) {
+                            errors.lock().unwrap().push(format!("keep-alive: {e}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        KeepAlive {
+            stop,
+            threads,
+            errors,
+            requests,
+        }
+    }
+
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+fn keep_alive_session(addr: SocketAddr, n: usize, done: &AtomicUsize) -> std::io::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    for _ in 0..n {
+        (&stream).write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+        let mut line = String::new();
+        let mut length = None;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("closed mid-response"));
+            }
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                length = v.trim().parse::<usize>().ok();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length.unwrap_or(0)];
+        reader.read_exact(&mut body)?;
+        if body != b"ok" {
+            return Err(std::io::Error::other("short body"));
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The pid of the process that serves admin now, from /status.
+pub fn serving_pid(admin: SocketAddr) -> Option<i32> {
+    let (code, body) = http_get(admin, "/status").ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["pid"].as_i64().map(|p| p as i32)
+}
