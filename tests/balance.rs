@@ -54,35 +54,32 @@ fn least_conn_and_p2c_prefer_idle_backends() {
         let mut config = ConfigBuilder::new(&[&a, &b]);
         config.cluster_extra = format!("    balance: {balance}\n");
         let baton = Baton::start(&config.yaml());
-        // Hold 6 connections; whichever backends they landed on, the load
-        // balances, and new short connections go to the less loaded.
-        let held: Vec<(TcpStream, String)> = (0..6).map(|_| connect_named(config.listen)).collect();
+        // Ten held connections spread evenly.
+        let held: Vec<(TcpStream, String)> =
+            (0..10).map(|_| connect_named(config.listen)).collect();
         let load = counts(held.iter().map(|(_, n)| n.clone()));
-        assert_eq!(load.get("a"), Some(&3), "{balance}: {load:?}");
-        assert_eq!(load.get("b"), Some(&3), "{balance}: {load:?}");
-        // Now make `a` busier: 4 more on whichever, keep only those on `a`.
-        let mut extra_a = Vec::new();
-        while extra_a.len() < 4 {
-            let (s, n) = connect_named(config.listen);
-            if n == "a" {
-                extra_a.push(s);
-            }
-        }
-        // Connections that landed on `b` meanwhile were closed: wait until
-        // baton has seen them go.
+        assert_eq!(load.get("a"), Some(&5), "{balance}: {load:?}");
+        assert_eq!(load.get("b"), Some(&5), "{balance}: {load:?}");
+        // Close those on `b`: it is idle, `a` holds 5.
+        let on_a: Vec<TcpStream> = held
+            .into_iter()
+            .filter(|(_, n)| n == "a")
+            .map(|(s, _)| s)
+            .collect();
         let b_active = format!(
             "baton_backend_connections_active{{backend=\"{}\",cluster=\"app\"}}",
             b.addr
         );
-        wait_until(Duration::from_secs(5), "b back to 3", || {
-            baton.metric(&b_active) == Some(3.0)
+        wait_until(Duration::from_secs(5), "b idle", || {
+            baton.metric(&b_active) == Some(0.0)
         });
-        // `b` now has 3 against 7: the next 4 connections all go to `b`.
+        // The next 4 connections all go to the idle backend.
         let next = counts((0..4).map(|_| {
             let (s, n) = connect_named(config.listen);
             std::mem::forget(s);
             n
         }));
+        drop(on_a);
         assert_eq!(next.get("b"), Some(&4), "{balance}: {next:?}");
     }
 }
