@@ -138,7 +138,7 @@ impl App {
         generation: u64,
         config_generation: u64,
         options: RunOptions,
-    ) -> Arc<App> {
+    ) -> anyhow::Result<Arc<App>> {
         let metrics = Metrics::new(generation);
         metrics.declare(&config);
         metrics.config_generation.set(config_generation as i64);
@@ -148,8 +148,9 @@ impl App {
             config_generation,
             &backend_states,
             &metrics,
-        );
-        Arc::new(App {
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(App {
             proxy: Arc::new(Proxy {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 metrics,
@@ -169,7 +170,7 @@ impl App {
             drains: Mutex::new(BTreeMap::new()),
             owner: AtomicBool::new(false),
             handed_over: Notify::new(),
-        })
+        }))
     }
 
     pub fn lifecycle(&self) -> Lifecycle {
@@ -487,7 +488,13 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 /// First start: bind (or adopt from systemd) everything.
 async fn start(config: Config, options: RunOptions) -> anyhow::Result<Arc<App>> {
     let control_socket = control::bind(&config.control_socket)?;
-    let app = App::new(config.clone(), 0, 1, options);
+    let app = match App::new(config.clone(), 0, 1, options) {
+        Ok(app) => app,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.control_socket);
+            return Err(e);
+        }
+    };
     app.owner.store(true, Ordering::Release);
     let bound = (|| {
         let mut inherited = Inherited::from_systemd();
@@ -542,12 +549,18 @@ async fn start_as_successor(
 ) -> anyhow::Result<Arc<App>> {
     let mut predecessor = successor::receive(&config.control_socket).await?;
     let header = &predecessor.header;
-    let app = App::new(
+    let app = match App::new(
         config.clone(),
         header.generation + 1,
         header.config_generation + 1,
         options,
-    );
+    ) {
+        Ok(app) => app,
+        Err(e) => {
+            predecessor.failed(format!("{e:#}")).await;
+            return Err(e);
+        }
+    };
     for gc in &header.counters {
         app.proxy
             .metrics

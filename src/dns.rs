@@ -87,7 +87,10 @@ pub async fn refresh_loop(app: Arc<App>) {
                 &app.backend_states,
                 &app.proxy.metrics,
             );
-            app.install(Arc::new(snapshot));
+            match snapshot {
+                Ok(snapshot) => app.install(Arc::new(snapshot)),
+                Err(e) => tracing::error!(error = e, "cannot apply new backend addresses"),
+            }
         }
     }
 }

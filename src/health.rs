@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Backend, BackendState};
 use crate::config::HealthCheckConfig;
-use crate::proxy::route::Snapshot;
+use crate::proxy::connect::open;
+use crate::proxy::route::{Cluster, Snapshot};
 
 /// Starts the checks a snapshot asks for; cancelling the token stops them.
 /// Backend state is shared across snapshots, so a restart keeps verdicts.
@@ -21,8 +21,12 @@ pub fn start(snapshot: &Snapshot) -> CancellationToken {
         match cluster.config.health_check {
             Some(check) => {
                 for backend in &cluster.backends {
-                    let name = cluster.config.name.clone();
-                    tokio::spawn(check_loop(backend.clone(), check, name, stop.clone()));
+                    tokio::spawn(check_loop(
+                        cluster.clone(),
+                        backend.clone(),
+                        check,
+                        stop.clone(),
+                    ));
                 }
             }
             None => {
@@ -38,12 +42,14 @@ pub fn start(snapshot: &Snapshot) -> CancellationToken {
     stop
 }
 
+/// A check is a connect, plus the TLS handshake for a cluster with `tls`.
 async fn check_loop(
+    cluster: Arc<Cluster>,
     backend: Backend,
     check: HealthCheckConfig,
-    cluster: String,
     stop: CancellationToken,
 ) {
+    let cluster_name = cluster.config.name.as_str();
     // Spread the first checks over one interval.
     let mut delay = check.interval.mul_f64(fastrand::f64());
     loop {
@@ -52,14 +58,14 @@ async fn check_loop(
             _ = tokio::time::sleep(delay) => {}
         }
         let ok = matches!(
-            tokio::time::timeout(check.timeout, TcpStream::connect(backend.addr)).await,
+            tokio::time::timeout(check.timeout, open(&cluster, backend.addr)).await,
             Ok(Ok(_))
         );
         if let Some(up) = observe(&backend.state, ok, &check) {
             if up {
-                tracing::info!(cluster, backend = %backend.address, addr = %backend.addr, "backend up: health checks pass");
+                tracing::info!(cluster = cluster_name, backend = %backend.address, addr = %backend.addr, "backend up: health checks pass");
             } else {
-                tracing::warn!(cluster, backend = %backend.address, addr = %backend.addr, "backend down: health checks fail");
+                tracing::warn!(cluster = cluster_name, backend = %backend.address, addr = %backend.addr, "backend down: health checks fail");
             }
         }
         // ±10% jitter.

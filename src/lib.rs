@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod reload;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod upgrade;
 
 pub use app::{RunOptions, run};

@@ -80,6 +80,18 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            for w in &config.warnings {
+                let at = w
+                    .position
+                    .map(|(l, c)| format!(":{l}:{c}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "warning: {}{at}: {}: {}",
+                    config.path.display(),
+                    w.path,
+                    w.message
+                );
+            }
             println!("{}: ok: {}", config.path.display(), config.summary());
             ExitCode::SUCCESS
         }

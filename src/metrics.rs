@@ -60,14 +60,17 @@ pub enum ConnectErrorReason {
     Timeout,
     Unreachable,
     Other,
+    /// The TLS handshake with the backend failed (verification, protocol).
+    Tls,
 }
 
 impl ConnectErrorReason {
-    pub const ALL: [ConnectErrorReason; 4] = [
+    pub const ALL: [ConnectErrorReason; 5] = [
         ConnectErrorReason::Refused,
         ConnectErrorReason::Timeout,
         ConnectErrorReason::Unreachable,
         ConnectErrorReason::Other,
+        ConnectErrorReason::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl ConnectErrorReason {
             ConnectErrorReason::Timeout => "timeout",
             ConnectErrorReason::Unreachable => "unreachable",
             ConnectErrorReason::Other => "other",
+            ConnectErrorReason::Tls => "tls",
         }
     }
 }
@@ -348,6 +352,13 @@ impl Metrics {
             let m = self.listener(&l.name);
             m.max_connections.set(l.max_connections as i64);
         }
+        for l in &config.listeners {
+            for c in l.tls.iter().flat_map(|t| &t.certificates) {
+                self.tls_certificate_expiry
+                    .with_label_values(&[&l.name, &c.label])
+                    .set(c.not_after as f64);
+            }
+        }
         for c in &config.clusters {
             self.backend_connect_duration.with_label_values(&[&c.name]);
             for b in &c.backends {
@@ -506,7 +517,7 @@ impl ListenerMetrics {
 #[derive(Clone)]
 pub struct BackendMetrics {
     pub active: IntGauge,
-    pub connect_errors: [IntCounter; 4],
+    pub connect_errors: [IntCounter; 5],
     pub connect_duration: Histogram,
     pub healthy: IntGauge,
 }

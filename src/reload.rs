@@ -124,10 +124,12 @@ impl App {
             None
         };
 
-        // The swap: from here on every new connection sees the new config.
         let metrics = &self.proxy.metrics;
+        let new = Arc::new(new);
+        let snapshot = Snapshot::build(new.clone(), generation, &self.backend_states, metrics)
+            .map_err(ReloadError::Internal)?;
+        // The swap: from here on every new connection sees the new config.
         metrics.declare(&new);
-        let snapshot = Snapshot::build(Arc::new(new), generation, &self.backend_states, metrics);
         self.install(Arc::new(snapshot));
         metrics.config_generation.set(generation as i64);
 

@@ -84,6 +84,15 @@ pub struct FileTls {
     pub certificates: Vec<FileCertificate>,
     pub session_resumption: Option<bool>,
     pub alpn: Option<Vec<String>>,
+    pub handshake_timeout: Option<FileDuration>,
+}
+
+/// TLS from baton to a cluster's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackendTls {
+    pub server_name: String,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +113,7 @@ pub struct FileCluster {
     pub retries: Option<u32>,
     pub health_check: Option<FileHealthCheck>,
     pub resolve_interval: Option<FileDuration>,
+    pub tls: Option<FileBackendTls>,
     #[serde(default)]
     pub backends: Vec<FileBackend>,
 }

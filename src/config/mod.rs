@@ -17,6 +17,8 @@ pub use file::{BalanceKind, FileConfig};
 pub use lines::LineIndex;
 pub use validate::{HOSTS_FILE_ENV, resolve};
 
+use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
+
 /// A checked configuration: every reference resolves, every address parses,
 /// every path is absolute. Nothing here is "must be Some".
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct Config {
     pub upgrade: UpgradeConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// Things worth knowing that do not stop the config (an expired
+    /// certificate).
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +49,7 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub cluster: String,
     pub max_connections: usize,
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +63,7 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// How often backend names are looked up again.
     pub resolve_interval: Duration,
+    pub tls: Option<BackendTlsConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -98,13 +105,20 @@ impl Config {
         };
         let file = parse(text).map_err(|p| fail(vec![p]))?;
         let base = path.parent().unwrap_or(Path::new("/"));
-        validate::validate(file, path, base).map_err(|mut problems| {
-            let index = LineIndex::new(text);
+        let index = LineIndex::new(text);
+        let place = |mut problems: Vec<Problem>| {
             for problem in &mut problems {
                 problem.position = index.find(&problem.path);
             }
-            fail(problems)
-        })
+            problems
+        };
+        match validate::validate(file, path, base) {
+            Ok(mut config) => {
+                config.warnings = place(std::mem::take(&mut config.warnings));
+                Ok(config)
+            }
+            Err(problems) => Err(fail(place(problems))),
+        }
     }
 
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {

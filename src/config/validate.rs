@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::file::{FileCluster, FileConfig, FileDuration, FileListener, ProxyProtocolVersion};
+use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
+
 use super::{
     BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem, UpgradeConfig,
 };
@@ -24,6 +26,7 @@ pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_FALL: u32 = 3;
 /// Weights are small integers, as in HAProxy; the round-robin schedule is
 /// precomputed from them.
@@ -58,7 +61,7 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         .clusters
         .iter()
         .enumerate()
-        .map(|(i, c)| v.cluster(i, c))
+        .map(|(i, c)| v.cluster(i, c, base))
         .collect();
     v.unique_names("clusters", clusters.iter().map(|c| c.name.as_str()));
 
@@ -66,7 +69,7 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         .listeners
         .iter()
         .enumerate()
-        .filter_map(|(i, l)| v.listener(i, l, &clusters))
+        .filter_map(|(i, l)| v.listener(i, l, &clusters, base))
         .collect();
     v.unique_names("listeners", file.listeners.iter().map(|l| l.name.as_str()));
     if let Some(admin) = admin_listen {
@@ -104,6 +107,7 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         },
         listeners,
         clusters,
+        warnings: v.warnings,
     })
 }
 
@@ -116,6 +120,13 @@ fn collide(a: SocketAddr, b: SocketAddr) -> bool {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Validator {
@@ -168,6 +179,7 @@ impl Validator {
         i: usize,
         l: &FileListener,
         clusters: &[ClusterConfig],
+        base: &Path,
     ) -> Option<ListenerConfig> {
         let at = |key: &str| format!("listeners[{i}].{key}");
         let listen = self.socket_addr(&at("listen"), &l.listen);
@@ -189,21 +201,54 @@ impl Validator {
                 "PROXY protocol is not supported by this build yet",
             );
         }
-        if l.tls.is_some() {
-            self.problem(
-                &at("tls"),
-                "TLS termination is not supported by this build yet",
-            );
-        }
+        let tls = l.tls.as_ref().map(|t| {
+            if t.certificates.is_empty() {
+                self.problem(
+                    &at("tls.certificates"),
+                    "TLS needs at least one certificate",
+                );
+            }
+            let mut certificates = Vec::new();
+            for (j, c) in t.certificates.iter().enumerate() {
+                match crate::tls::load_certificate(base, &c.cert, &c.key) {
+                    Ok(loaded) => {
+                        if loaded.not_after < now_unix() {
+                            self.warnings.push(Problem::new(
+                                format!("listeners[{i}].tls.certificates[{j}].cert"),
+                                format!("certificate {} has expired", c.cert),
+                            ));
+                        }
+                        certificates.push(loaded);
+                    }
+                    Err(e) => self.problem(&format!("listeners[{i}].tls.certificates[{j}]"), e),
+                }
+            }
+            if let Some(alpn) = &t.alpn
+                && alpn.iter().any(|p| p.is_empty() || p.len() > 255)
+            {
+                self.problem(&at("tls.alpn"), "ALPN protocol names are 1 to 255 bytes");
+            }
+            ListenerTlsConfig {
+                certificates,
+                session_resumption: t.session_resumption.unwrap_or(true),
+                alpn: t.alpn.clone().unwrap_or_default(),
+                handshake_timeout: self.duration(
+                    &at("tls.handshake_timeout"),
+                    t.handshake_timeout,
+                    DEFAULT_HANDSHAKE_TIMEOUT,
+                ),
+            }
+        });
         Some(ListenerConfig {
             name: l.name.clone(),
             listen: listen?,
             cluster: l.cluster.clone(),
             max_connections: max_connections as usize,
+            tls,
         })
     }
 
-    fn cluster(&mut self, i: usize, c: &FileCluster) -> ClusterConfig {
+    fn cluster(&mut self, i: usize, c: &FileCluster, base: &Path) -> ClusterConfig {
         let at = |key: &str| format!("clusters[{i}].{key}");
         let connect_timeout = self.duration(
             &at("connect_timeout"),
@@ -270,9 +315,29 @@ impl Validator {
                 Err(message) => self.problem(&at("address"), message),
             }
         }
+        let tls = c.tls.as_ref().map(|t| {
+            let ca =
+                t.ca.as_ref()
+                    .and_then(|ca| match crate::tls::load_ca(base, ca) {
+                        Ok(certs) => Some(certs),
+                        Err(e) => {
+                            self.problem(&at("tls.ca"), e);
+                            None
+                        }
+                    });
+            let config = BackendTlsConfig {
+                server_name: t.server_name.clone(),
+                ca,
+            };
+            if let Err(e) = crate::tls::backend_tls(&config) {
+                self.problem(&at("tls"), e);
+            }
+            config
+        });
         ClusterConfig {
             name: c.name.clone(),
             balance: c.balance,
+            tls,
             connect_timeout,
             idle_timeout,
             retries: c.retries.unwrap_or(DEFAULT_RETRIES),

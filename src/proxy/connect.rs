@@ -11,9 +11,15 @@ use super::route::Cluster;
 use crate::balance::{ActiveGuard, Backend};
 use crate::metrics::ConnectErrorReason;
 
+/// A backend connection: plain TCP, or TLS when the cluster asks for it.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// A backend connection and the guard that counts it as active.
 pub struct Connected<'a> {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub backend: &'a Backend,
     pub _active: ActiveGuard,
 }
@@ -43,11 +49,8 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
         tried.push(i);
         let backend = &backends[i];
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            cluster.config.connect_timeout,
-            TcpStream::connect(backend.addr),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(cluster.config.connect_timeout, open(cluster, backend.addr)).await;
         let (reason, detail) = match result {
             Ok(Ok(stream)) => {
                 backend
@@ -56,14 +59,13 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
                 backend.state.connect_succeeded();
-                let _ = stream.set_nodelay(true);
                 return Ok(Connected {
                     stream,
                     _active: backend.state.track(),
                     backend,
                 });
             }
-            Ok(Err(e)) => (classify(&e), e.to_string()),
+            Ok(Err((reason, e))) => (reason, e.to_string()),
             Err(_) => (
                 ConnectErrorReason::Timeout,
                 "connect_timeout passed".to_string(),
@@ -90,6 +92,26 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
             detail,
         }),
         None => Err(ConnectError::NoBackend),
+    }
+}
+
+/// TCP connect, then the TLS handshake when the cluster has `tls`.
+pub async fn open(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+) -> Result<BackendStream, (ConnectErrorReason, io::Error)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| (classify(&e), e))?;
+    let _ = stream.set_nodelay(true);
+    match &cluster.tls {
+        None => Ok(BackendStream::Plain(stream)),
+        Some(tls) => tls
+            .connector
+            .connect(tls.server_name.clone(), stream)
+            .await
+            .map(|s| BackendStream::Tls(Box::new(s)))
+            .map_err(|e| (ConnectErrorReason::Tls, e)),
     }
 }
 

@@ -11,7 +11,11 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -189,4 +193,169 @@ async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One direction of the generic copy: what is read and not yet written.
+#[derive(Default)]
+struct Half {
+    buffer: Option<Buffer>,
+    pos: usize,
+    end: usize,
+    need_flush: bool,
+    read_done: bool,
+    done: bool,
+}
+
+/// Drives one direction as far as it goes without waiting. The buffer is
+/// taken from the pool for each read and given back at once when nothing
+/// is there, so an idle stream holds none.
+#[allow(clippy::too_many_arguments)]
+fn poll_half<R, W>(
+    cx: &mut Context<'_>,
+    src: &mut R,
+    dst: &mut W,
+    half: &mut Half,
+    counter: &IntCounter,
+    moved: &AtomicU64,
+    last_activity: &AtomicU64,
+    start: Instant,
+) -> Poll<Result<(), Side>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if half.done {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(buffer) = half.buffer.as_mut() {
+            while half.pos < half.end {
+                let data = &buffer.as_mut()[half.pos..half.end];
+                match Pin::new(&mut *dst).poll_write(cx, data) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Writing(e))),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Side::Writing(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        half.pos += n;
+                        moved.fetch_add(n as u64, Ordering::Relaxed);
+                        counter.inc_by(n as u64);
+                        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            half.buffer = None;
+            half.need_flush = true;
+        }
+        if half.need_flush {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Writing(e))),
+                Poll::Ready(Ok(())) => half.need_flush = false,
+            }
+        }
+        if half.read_done {
+            // Half-close: a TLS peer gets close_notify, then FIN.
+            return match Pin::new(&mut *dst).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => {
+                    half.done = true;
+                    Poll::Ready(Ok(()))
+                }
+            };
+        }
+        let mut buffer = Buffer::take();
+        let mut read = ReadBuf::new(buffer.as_mut());
+        match Pin::new(&mut *src).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Reading(e))),
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n == 0 {
+                    half.read_done = true;
+                } else {
+                    half.buffer = Some(buffer);
+                    half.pos = 0;
+                    half.end = n;
+                }
+            }
+        }
+    }
+}
+
+/// As [`proxy`], for streams that are not plain TCP on both sides (TLS).
+pub async fn proxy_streams<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    idle_timeout: Duration,
+    received: &IntCounter,
+    sent: &IntCounter,
+    force: &CancellationToken,
+) -> (End, Transferred)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut up, mut down) = (Half::default(), Half::default());
+    let both = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Err(e)) = poll_half(
+            cx,
+            client,
+            backend,
+            &mut up,
+            received,
+            &up_bytes,
+            &last_activity,
+            start,
+        ) {
+            return Poll::Ready(match e {
+                Side::Reading(e) => End::ClientError(e),
+                Side::Writing(e) => End::BackendError(e),
+            });
+        }
+        if let Poll::Ready(Err(e)) = poll_half(
+            cx,
+            backend,
+            client,
+            &mut down,
+            sent,
+            &down_bytes,
+            &last_activity,
+            start,
+        ) {
+            return Poll::Ready(match e {
+                Side::Reading(e) => End::BackendError(e),
+                Side::Writing(e) => End::ClientError(e),
+            });
+        }
+        if up.done && down.done {
+            Poll::Ready(End::Closed)
+        } else {
+            Poll::Pending
+        }
+    });
+    tokio::pin!(both);
+    let mut deadline = start + idle_timeout;
+    let end = loop {
+        tokio::select! {
+            end = &mut both => break end,
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                if last + idle_timeout <= Instant::now() {
+                    break End::IdleTimeout;
+                }
+                deadline = last + idle_timeout;
+            }
+            _ = force.cancelled() => break End::Forced,
+        }
+    };
+    let transferred = Transferred {
+        received: up_bytes.load(Ordering::Relaxed),
+        sent: down_bytes.load(Ordering::Relaxed),
+    };
+    (end, transferred)
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::balance::{Backend, BackendState, Balancer, new_balancer};
 use crate::config::{ClusterConfig, Config, ListenerConfig};
 use crate::metrics::Metrics;
+use crate::tls::{BackendTls, ListenerTls, backend_tls, listener_tls};
 
 pub struct Snapshot {
     pub generation: u64,
@@ -21,12 +22,16 @@ pub struct Snapshot {
 pub struct Route {
     pub listener: ListenerConfig,
     pub cluster: Arc<Cluster>,
+    /// TLS termination, with the certificates read at this generation.
+    pub tls: Option<ListenerTls>,
 }
 
 pub struct Cluster {
     pub config: ClusterConfig,
     pub backends: Vec<Backend>,
     pub balancer: Box<dyn Balancer>,
+    /// TLS to the backends.
+    pub tls: Option<BackendTls>,
 }
 
 impl Snapshot {
@@ -35,7 +40,7 @@ impl Snapshot {
         generation: u64,
         states: &BackendStates,
         metrics: &Metrics,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, String> {
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
@@ -56,13 +61,20 @@ impl Snapshot {
                         weight,
                     })
                     .collect();
-                Arc::new(Cluster {
+                let tls = c
+                    .tls
+                    .as_ref()
+                    .map(backend_tls)
+                    .transpose()
+                    .map_err(|e| format!("clusters.{}.tls: {e}", c.name))?;
+                Ok(Arc::new(Cluster {
                     balancer: new_balancer(c.balance, &backends),
                     config: c.clone(),
                     backends,
-                })
+                    tls,
+                }))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let routes = config
             .listeners
             .iter()
@@ -72,19 +84,26 @@ impl Snapshot {
                     .find(|c| c.config.name == l.cluster)
                     .expect("validation guarantees every listener's cluster exists")
                     .clone();
+                let tls = l
+                    .tls
+                    .as_ref()
+                    .map(listener_tls)
+                    .transpose()
+                    .map_err(|e| format!("listeners.{}.tls: {e}", l.name))?;
                 let route = Route {
                     listener: l.clone(),
                     cluster,
+                    tls,
                 };
-                (l.name.clone(), Arc::new(route))
+                Ok((l.name.clone(), Arc::new(route)))
             })
-            .collect();
-        Snapshot {
+            .collect::<Result<_, String>>()?;
+        Ok(Snapshot {
             generation,
             config,
             routes,
             clusters,
-        }
+        })
     }
 
     pub fn route(&self, listener: &str) -> Option<&Arc<Route>> {

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
-use super::connect::connect;
+use super::connect::{BackendStream, connect};
 use super::copy::{self, End};
 use super::route::Route;
 use crate::metrics::{ListenerMetrics, RejectReason};
@@ -120,7 +120,13 @@ impl Drop for ActiveConnection {
     }
 }
 
-/// route → connect → copy, then one access-log line.
+/// A client connection: plain TCP, or TLS terminated here.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// route → (TLS) → connect → copy, then one access-log line.
 async fn serve(
     client: TcpStream,
     peer: SocketAddr,
@@ -131,6 +137,42 @@ async fn serve(
 ) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
+    let client = match &route.tls {
+        None => ClientStream::Plain(client),
+        Some(tls) => {
+            let handshake =
+                tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(client));
+            let result = tokio::select! {
+                r = handshake => r,
+                _ = proxy.drain.force().cancelled() => return,
+            };
+            match result {
+                Ok(Ok(stream)) => ClientStream::Tls(Box::new(stream)),
+                Ok(Err(e)) => {
+                    metrics.reject(RejectReason::TlsHandshake);
+                    tracing::debug!(client = %peer, listener, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.reject(RejectReason::TlsHandshake);
+                    tracing::debug!(client = %peer, listener, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let (sni, alpn) = match &client {
+        ClientStream::Tls(s) => {
+            let session = s.get_ref().1;
+            (
+                session.server_name().map(str::to_string),
+                session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+            )
+        }
+        ClientStream::Plain(_) => (None, None),
+    };
     let cluster = &route.cluster;
     let connected = tokio::select! {
         c = connect(cluster, peer.ip()) => c,
@@ -153,15 +195,29 @@ async fn serve(
             return;
         }
     };
-    let (end, bytes) = copy::proxy(
-        &client,
-        &backend.stream,
-        cluster.config.idle_timeout,
+    let idle = cluster.config.idle_timeout;
+    let (received, sent, force) = (
         &metrics.bytes_received,
         &metrics.bytes_sent,
         proxy.drain.force(),
-    )
-    .await;
+    );
+    let address = backend.backend.address.clone();
+    let addr = backend.backend.addr;
+    let _active = backend._active;
+    let (end, bytes) = match (client, backend.stream) {
+        (ClientStream::Plain(c), BackendStream::Plain(b)) => {
+            copy::proxy(&c, &b, idle, received, sent, force).await
+        }
+        (ClientStream::Plain(mut c), BackendStream::Tls(mut b)) => {
+            copy::proxy_streams(&mut c, &mut *b, idle, received, sent, force).await
+        }
+        (ClientStream::Tls(mut c), BackendStream::Plain(mut b)) => {
+            copy::proxy_streams(&mut *c, &mut b, idle, received, sent, force).await
+        }
+        (ClientStream::Tls(mut c), BackendStream::Tls(mut b)) => {
+            copy::proxy_streams(&mut *c, &mut *b, idle, received, sent, force).await
+        }
+    };
     if matches!(end, End::Forced) {
         proxy.metrics.drain_forced_closes.inc();
     }
@@ -175,13 +231,15 @@ async fn serve(
         target: "baton::access",
         client = %peer,
         listener,
-        backend = %backend.backend.address,
-        backend_addr = %backend.backend.addr,
+        backend = %address,
+        backend_addr = %addr,
         received = bytes.received,
         sent = bytes.sent,
         duration_ms = duration.as_millis() as u64,
         end = end.as_str(),
         error,
+        sni,
+        alpn,
         "connection"
     );
 }

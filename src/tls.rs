@@ -1,0 +1,242 @@
+//! TLS with rustls (the ring provider): loading and checking certificates,
+//! choosing one by SNI, session resumption, ALPN; and TLS to backends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The crypto provider: ring builds with a C compiler alone (aws-lc-rs also
+/// wants cmake and takes minutes here), and its ECDSA/AES-GCM are fast.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Key bytes that never show in a `Debug` print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretDer(pub Vec<u8>);
+
+impl fmt::Debug for SecretDer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<private key>")
+    }
+}
+
+/// One certificate and key, read and checked when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// The `cert` path as written: the metric label.
+    pub label: String,
+    pub chain: Vec<Vec<u8>>,
+    pub key: SecretDer,
+    /// DNS names of the subject alternative names, lowercase; wildcards as
+    /// `*.example.com`.
+    pub names: Vec<String>,
+    /// Unix time of the end-entity certificate's `notAfter`.
+    pub not_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    pub session_resumption: bool,
+    /// ALPN protocols advertised; none unless configured.
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    pub server_name: String,
+    /// DER certificates of the CA file; `None` means the webpki roots.
+    pub ca: Option<Vec<Vec<u8>>>,
+}
+
+/// Reads a PEM chain and key; checks that they parse and match. The key may
+/// be PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub fn load_certificate(base: &Path, cert: &str, key: &str) -> Result<CertificateConfig, String> {
+    let cert_pem = std::fs::read(base.join(cert))
+        .map_err(|e| format!("cannot read certificate {cert}: {e}"))?;
+    let key_pem =
+        std::fs::read(base.join(key)).map_err(|e| format!("cannot read key {key}: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{cert} is not a PEM certificate chain: {e:?}"))?;
+    if chain.is_empty() {
+        return Err(format!("{cert} holds no certificate"));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{key} holds no usable private key: {e:?}"))?;
+    CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
+        .map_err(|e| format!("key {key} does not match certificate {cert}: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| format!("{cert}: cannot parse the certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(CertificateConfig {
+        label: cert.to_string(),
+        chain: chain.iter().map(|c| c.to_vec()).collect(),
+        key: SecretDer(key_der.secret_der().to_vec()),
+        names,
+        not_after: parsed.validity().not_after.timestamp(),
+    })
+}
+
+/// Reads the CA certificates a backend's certificate must chain to.
+pub fn load_ca(base: &Path, ca: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(base.join(ca)).map_err(|e| format!("cannot read CA file {ca}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{ca} is not PEM: {e:?}"))?;
+    if certs.is_empty() {
+        return Err(format!("{ca} holds no certificate"));
+    }
+    Ok(certs.iter().map(|c| c.to_vec()).collect())
+}
+
+/// Chooses the certificate whose SAN names the client's SNI (exact first,
+/// then `*.` wildcards); no SNI or no match gets the first one listed.
+#[derive(Debug)]
+struct BySni {
+    keys: Vec<Arc<CertifiedKey>>,
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl BySni {
+    fn pick(&self, sni: Option<&str>) -> usize {
+        let Some(sni) = sni.map(str::to_ascii_lowercase) else {
+            return 0;
+        };
+        if let Some(&i) = self.exact.get(&sni) {
+            return i;
+        }
+        sni.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.keys[self.pick(hello.server_name())].clone())
+    }
+}
+
+/// A listener's TLS, built once per config generation.
+pub struct ListenerTls {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
+pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, String> {
+    let provider = provider();
+    let mut resolver = BySni {
+        keys: Vec::new(),
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+    };
+    for (i, c) in config.certificates.iter().enumerate() {
+        let chain = c
+            .chain
+            .iter()
+            .map(|d| CertificateDer::from(d.clone()))
+            .collect();
+        let key =
+            PrivateKeyDer::try_from(c.key.0.clone()).map_err(|e| format!("{}: {e}", c.label))?;
+        let certified = CertifiedKey::from_der(chain, key, &provider)
+            .map_err(|e| format!("{}: {e}", c.label))?;
+        resolver.keys.push(Arc::new(certified));
+        for name in &c.names {
+            match name.strip_prefix("*.") {
+                Some(parent) => resolver.wildcard.entry(parent.to_string()).or_insert(i),
+                None => resolver.exact.entry(name.clone()).or_insert(i),
+            };
+        }
+    }
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    if config.session_resumption {
+        server.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+        server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    } else {
+        server.session_storage = Arc::new(NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+    }
+    server.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(ListenerTls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        handshake_timeout: config.handshake_timeout,
+    })
+}
+
+/// A cluster's TLS to its backends.
+pub struct BackendTls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+pub fn backend_tls(config: &BackendTlsConfig) -> Result<BackendTls, String> {
+    let mut roots = RootCertStore::empty();
+    match &config.ca {
+        Some(certs) => {
+            for der in certs {
+                roots
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| format!("CA certificate: {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = ServerName::try_from(config.server_name.clone())
+        .map_err(|e| format!("server_name {:?}: {e}", config.server_name))?;
+    Ok(BackendTls {
+        connector: TlsConnector::from(Arc::new(client)),
+        server_name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_first() {
+        let r = BySni {
+            keys: Vec::new(),
+            exact: [("a.example.com".to_string(), 1)].into(),
+            wildcard: [("example.com".to_string(), 2)].into(),
+        };
+        assert_eq!(r.pick(Some("a.example.com")), 1);
+        assert_eq!(r.pick(Some("A.Example.COM")), 1);
+        assert_eq!(r.pick(Some("b.example.com")), 2);
+        assert_eq!(r.pick(Some("x.b.example.com")), 0);
+        assert_eq!(r.pick(Some("other.org")), 0);
+        assert_eq!(r.pick(None), 0);
+    }
+}
