@@ -140,7 +140,20 @@ impl Baton {
 
     /// As `start_with`, with extra environment variables.
     pub fn start_opts(config: &str, shell: Option<&str>, env: &[(&str, &str)]) -> Baton {
-        let dir = tempfile::tempdir().unwrap();
+        Baton::start_full(tempfile::tempdir().unwrap(), config, shell, env)
+    }
+
+    /// Starts in `dir`, which may already hold files the config names.
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Baton {
+        Baton::start_full(dir, config, None, &[])
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        config: &str,
+        shell: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Baton {
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("baton.log");

@@ -1,0 +1,457 @@
+//! TLS termination and TLS to backends, with certificates made by the test.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, SignatureScheme,
+    StreamOwned,
+};
+use support::*;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// Writes `<file>.pem` and `<file>.key` for a leaf with CN `cn` and SANs.
+fn leaf(ca: &Ca, dir: &Path, file: &str, cn: &str, sans: &[&str], expired: bool) {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+}
+
+/// Accepts any certificate: the tests look at which one was served.
+#[derive(Debug)]
+struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+    Arc::new(config)
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+fn tls_connect(addr: SocketAddr, sni: &str, config: &Arc<ClientConfig>) -> Tls {
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut stream = StreamOwned::new(conn, tcp);
+    // The echo backend: what we send comes back.
+    stream.write_all(b"hi").unwrap();
+    let mut back = [0u8; 2];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hi");
+    stream
+}
+
+/// The common name of the certificate the server presented.
+fn served_cn(stream: &Tls) -> String {
+    let der = &stream.conn.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn tls_config(config: &ConfigBuilder, certs: &[&str], extra: &str) -> String {
+    let mut listener = String::from("    tls:\n      certificates:\n");
+    for c in certs {
+        listener.push_str(&format!("        - {{ cert: {c}.pem, key: {c}.key }}\n"));
+    }
+    listener.push_str(extra);
+    let config = ConfigBuilder {
+        admin: config.admin,
+        listen: config.listen,
+        extra_top: config.extra_top.clone(),
+        listener_extra: listener,
+        cluster_extra: config.cluster_extra.clone(),
+        backends: config.backends.clone(),
+    };
+    config.yaml()
+}
+
+/// Starts baton in a folder that already holds the certificates.
+fn start_in(dir: tempfile::TempDir, yaml: &str) -> Baton {
+    Baton::start_in(dir, yaml)
+}
+
+#[test]
+fn each_sni_name_gets_its_certificate_and_the_first_is_the_default() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(
+        &ca,
+        dir.path(),
+        "default",
+        "default.test",
+        &["default.test"],
+        false,
+    );
+    leaf(&ca, dir.path(), "a", "a.test", &["a.test"], false);
+    leaf(&ca, dir.path(), "wild", "wild", &["*.wild.test"], false);
+    let baton = start_in(dir, &tls_config(&config, &["default", "a", "wild"], ""));
+    let client = client_config(&[&rustls::version::TLS13]);
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "a.test", &client)),
+        "a.test"
+    );
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "x.wild.test", &client)),
+        "wild"
+    );
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "unknown.test", &client)),
+        "default.test"
+    );
+    // An IP address as the server name: rustls sends no SNI.
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "127.0.0.1", &client)),
+        "default.test"
+    );
+    let expiry = baton.metrics();
+    assert!(
+        expiry.contains(
+            "baton_tls_certificate_expiry_timestamp_seconds{cert=\"a.pem\",listener=\"web\"}"
+        ),
+        "{expiry}"
+    );
+}
+
+#[test]
+fn tls_1_2_and_1_3_both_work_and_alpn_is_negotiated() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
+    let baton = start_in(
+        dir,
+        &tls_config(&config, &["site"], "      alpn: [h2, http/1.1]\n"),
+    );
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut cfg = (*client_config(&[version])).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let stream = tls_connect(config.listen, "site.test", &Arc::new(cfg));
+        assert_eq!(stream.conn.protocol_version(), Some(version.version));
+        assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    }
+    wait_until(Duration::from_secs(5), "access log names the ALPN", || {
+        baton.log().contains("alpn=\"http/1.1\"") || baton.log().contains("alpn=http/1.1")
+    });
+}
+
+#[test]
+fn session_resumption_can_be_refused() {
+    let echo = Backend::echo();
+    for (resume, want) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {
+        let config = ConfigBuilder::new(&[&echo]);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca("test ca");
+        leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
+        let _baton = start_in(
+            dir,
+            &tls_config(
+                &config,
+                &["site"],
+                &format!("      session_resumption: {resume}\n"),
+            ),
+        );
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            // One client config = one session cache, shared by both connections.
+            let client = client_config(&[version]);
+            let mut first = tls_connect(config.listen, "site.test", &client);
+            // TLS 1.3 tickets arrive after the handshake: read them.
+            first.conn.send_close_notify();
+            let _ = first.flush();
+            let mut rest = Vec::new();
+            let _ = first.read_to_end(&mut rest);
+            let second = tls_connect(config.listen, "site.test", &client);
+            assert_eq!(
+                second.conn.handshake_kind(),
+                Some(want),
+                "resumption {resume}, {version:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_handshakes_cost_only_their_client() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
+    let baton = start_in(
+        dir,
+        &tls_config(&config, &["site"], "      handshake_timeout: 300ms\n"),
+    );
+    let client = client_config(&[&rustls::version::TLS13]);
+    let good = tls_connect(config.listen, "site.test", &client);
+
+    let closed = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        // Whatever comes (an alert at most), the connection then ends.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let mut garbage = TcpStream::connect(config.listen).unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    closed(garbage);
+    let mut truncated = TcpStream::connect(config.listen).unwrap();
+    // A TLS handshake record header promising more than is sent.
+    truncated
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    closed(truncated);
+    let silent = TcpStream::connect(config.listen).unwrap();
+    closed(silent);
+    wait_until(Duration::from_secs(5), "three rejections", || {
+        baton.metric("baton_connections_rejected_total{listener=\"web\",reason=\"tls_handshake\"}")
+            == Some(3.0)
+    });
+    let mut good = good;
+    good.write_all(b"still").unwrap();
+    let mut back = [0u8; 5];
+    good.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still");
+    let _ = tls_connect(config.listen, "site.test", &client);
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_sighup_and_open_streams_continue() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(
+        &ca,
+        dir.path(),
+        "site",
+        "old.site.test",
+        &["site.test"],
+        false,
+    );
+    let baton = start_in(dir, &tls_config(&config, &["site"], ""));
+    let client = client_config(&[&rustls::version::TLS13]);
+    let mut open = tls_connect(config.listen, "site.test", &client);
+    assert_eq!(served_cn(&open), "old.site.test");
+    leaf(
+        &ca,
+        baton.dir.path(),
+        "site",
+        "new.site.test",
+        &["site.test"],
+        false,
+    );
+    baton.signal("HUP");
+    wait_until(Duration::from_secs(5), "reloaded", || {
+        baton.metric("baton_config_generation") == Some(2.0)
+    });
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "site.test", &client)),
+        "new.site.test"
+    );
+    open.write_all(b"after").unwrap();
+    let mut back = [0u8; 5];
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"after");
+}
+
+#[test]
+fn check_refuses_a_mismatched_key_and_warns_of_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(&ca, dir.path(), "one", "one.test", &["one.test"], false);
+    leaf(&ca, dir.path(), "two", "two.test", &["two.test"], false);
+    leaf(&ca, dir.path(), "old", "old.test", &["old.test"], true);
+    let yaml = |cert: &str, key: &str| {
+        format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:1\n    cluster: app\n    tls:\n      certificates:\n        - {{ cert: {cert}, key: {key} }}\nclusters:\n  - {{ name: app, backends: [ {{ address: 127.0.0.1:2 }} ] }}\n"
+        )
+    };
+    let (ok, out) = check(dir.path(), &yaml("one.pem", "two.key"));
+    assert!(
+        !ok && out.contains("listeners[0].tls.certificates[0]") && out.contains("does not match"),
+        "{out}"
+    );
+    let (ok, out) = check(dir.path(), &yaml("missing.pem", "one.key"));
+    assert!(!ok && out.contains("cannot read certificate"), "{out}");
+    let (ok, out) = check(dir.path(), &yaml("old.pem", "old.key"));
+    assert!(
+        ok && out.contains("warning") && out.contains("expired"),
+        "{out}"
+    );
+}
+
+/// A TLS echo server with the given certificate, for one connection at a time.
+fn tls_backend(dir: &Path, file: &str) -> SocketAddr {
+    let chain: Vec<CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_file_iter(dir.join(format!("{file}.pem")))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key: PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_file(dir.join(format!("{file}.key"))).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let server = Arc::new(server);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(server).unwrap();
+                let mut s = StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tls_to_backends_verifies_against_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_ca = ca("backend ca");
+    let other_ca = ca("other ca");
+    leaf(
+        &good_ca,
+        dir.path(),
+        "backend",
+        "backend.test",
+        &["backend.test"],
+        false,
+    );
+    std::fs::write(dir.path().join("ca.pem"), &good_ca.pem).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), &other_ca.pem).unwrap();
+    let backend = tls_backend(dir.path(), "backend");
+
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(backend, 1)];
+    config.cluster_extra =
+        "    retries: 0\n    tls: { server_name: backend.test, ca: ca.pem }\n".into();
+    let baton = start_in(dir, &config.yaml());
+    let mut s = TcpStream::connect(config.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"through tls").unwrap();
+    let mut back = [0u8; 11];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"through tls");
+
+    // The same backend does not verify against another CA: refused, counted.
+    config.cluster_extra =
+        "    retries: 0\n    tls: { server_name: backend.test, ca: other-ca.pem }\n".into();
+    baton.write_config(&config.yaml());
+    assert!(baton.ctl(&["reload"]).0);
+    let mut s = TcpStream::connect(config.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "client closed");
+    let series = format!(
+        "baton_backend_connect_errors_total{{backend=\"{backend}\",cluster=\"app\",reason=\"tls\"}}"
+    );
+    wait_until(Duration::from_secs(5), "tls failure counted", || {
+        baton.metric(&series) == Some(1.0)
+    });
+}
