@@ -207,7 +207,7 @@ impl App {
                     ListenerStatus {
                         name: l.name.clone(),
                         address: running.map_or(l.listen, |r| r.addr).to_string(),
-                        cluster: l.cluster.clone(),
+                        cluster: l.cluster.clone().unwrap_or_default(),
                         active: running.map_or(0, |r| r.active.load(Ordering::Relaxed)),
                         max_connections: l.max_connections,
                     }

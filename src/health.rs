@@ -58,7 +58,7 @@ async fn check_loop(
             _ = tokio::time::sleep(delay) => {}
         }
         let ok = matches!(
-            tokio::time::timeout(check.timeout, open(&cluster, backend.addr)).await,
+            tokio::time::timeout(check.timeout, open(&cluster, backend.addr, &[])).await,
             Ok(Ok(_))
         );
         if let Some(up) = observe(&backend.state, ok, &check) {

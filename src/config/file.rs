@@ -53,10 +53,15 @@ pub struct FileUpgrade {
 pub struct FileListener {
     pub name: String,
     pub listen: String,
-    pub cluster: String,
+    /// Required, except that with `sni_routes` it is the route for names
+    /// that match none (and may be left out to close those).
+    pub cluster: Option<String>,
     pub max_connections: Option<u32>,
     pub proxy_protocol: Option<FileProxyProtocol>,
     pub tls: Option<FileTls>,
+    /// Server name (exact or `*.suffix`) → cluster, read from the
+    /// ClientHello (or the terminated handshake with `tls`).
+    pub sni_routes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +71,8 @@ pub struct FileProxyProtocol {
     pub accept: bool,
     #[serde(default)]
     pub send: ProxyProtocolVersion,
+    /// How long an upstream may take to send its header.
+    pub timeout: Option<FileDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

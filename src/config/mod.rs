@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diff::{ConfigDiff, diff};
-pub use file::{BalanceKind, FileConfig};
+pub use file::{BalanceKind, FileConfig, ProxyProtocolVersion};
 pub use lines::LineIndex;
 pub use validate::{HOSTS_FILE_ENV, resolve};
 
@@ -47,9 +47,22 @@ pub struct UpgradeConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
-    pub cluster: String,
+    /// Where connections go; with `sni_routes`, those whose name matches
+    /// no route (`None`: they are closed).
+    pub cluster: Option<String>,
     pub max_connections: usize,
     pub tls: Option<ListenerTlsConfig>,
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// (server name, cluster), exact names and `*.suffix` wildcards.
+    pub sni_routes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    /// Read a PROXY header (v1 or v2) from every client first.
+    pub accept: bool,
+    pub send: ProxyProtocolVersion,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use super::file::{FileCluster, FileConfig, FileDuration, FileListener, ProxyProt
 use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 
 use super::{
-    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem, UpgradeConfig,
+    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem,
+    ProxyProtocolConfig, UpgradeConfig,
 };
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -27,6 +28,7 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_FALL: u32 = 3;
 /// Weights are small integers, as in HAProxy; the round-robin schedule is
 /// precomputed from them.
@@ -183,24 +185,57 @@ impl Validator {
     ) -> Option<ListenerConfig> {
         let at = |key: &str| format!("listeners[{i}].{key}");
         let listen = self.socket_addr(&at("listen"), &l.listen);
-        if !clusters.iter().any(|c| c.name == l.cluster) {
+        match &l.cluster {
+            Some(cluster) if !clusters.iter().any(|c| c.name == *cluster) => {
+                self.problem(&at("cluster"), format!("no cluster is named {cluster:?}"));
+            }
+            None if l.sni_routes.is_none() => {
+                self.problem(
+                    &at("cluster"),
+                    "missing: the cluster this listener sends to",
+                );
+            }
+            _ => {}
+        }
+        let mut sni_routes = Vec::new();
+        for (name, cluster) in l.sni_routes.iter().flatten() {
+            let key = format!("listeners[{i}].sni_routes.{name}");
+            if !clusters.iter().any(|c| c.name == *cluster) {
+                self.problem(&key, format!("no cluster is named {cluster:?}"));
+            }
+            let host = name.strip_prefix("*.").unwrap_or(name);
+            if host.is_empty()
+                || host.contains('*')
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                self.problem(&key, format!("{name:?} is not a server name or *.suffix"));
+            }
+            sni_routes.push((name.to_ascii_lowercase(), cluster.clone()));
+        }
+        if l.sni_routes.as_ref().is_some_and(|r| r.is_empty()) {
             self.problem(
-                &at("cluster"),
-                format!("no cluster is named {:?}", l.cluster),
+                &at("sni_routes"),
+                "name at least one route, or leave sni_routes out",
             );
         }
         let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             self.problem(&at("max_connections"), "must be at least 1");
         }
-        if let Some(pp) = &l.proxy_protocol
-            && (pp.accept || pp.send != ProxyProtocolVersion::None)
-        {
-            self.problem(
-                &at("proxy_protocol"),
-                "PROXY protocol is not supported by this build yet",
-            );
-        }
+        let proxy_protocol = ProxyProtocolConfig {
+            accept: l.proxy_protocol.as_ref().is_some_and(|p| p.accept),
+            send: l
+                .proxy_protocol
+                .as_ref()
+                .map_or(ProxyProtocolVersion::None, |p| p.send),
+            timeout: self.duration(
+                &at("proxy_protocol.timeout"),
+                l.proxy_protocol.as_ref().and_then(|p| p.timeout),
+                DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            ),
+        };
         let tls = l.tls.as_ref().map(|t| {
             if t.certificates.is_empty() {
                 self.problem(
@@ -245,6 +280,8 @@ impl Validator {
             cluster: l.cluster.clone(),
             max_connections: max_connections as usize,
             tls,
+            proxy_protocol,
+            sni_routes,
         })
     }
 

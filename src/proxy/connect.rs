@@ -5,6 +5,7 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::route::Cluster;
@@ -37,7 +38,13 @@ pub enum ConnectError {
     },
 }
 
-pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>, ConnectError> {
+/// Connects to a backend of `cluster` for a client at `client`; `preamble`
+/// (a PROXY header) is written before anything else, TLS included.
+pub async fn connect<'a>(
+    cluster: &'a Cluster,
+    client: IpAddr,
+    preamble: &[u8],
+) -> Result<Connected<'a>, ConnectError> {
     let backends = &cluster.backends;
     let mut tried: Vec<usize> = Vec::new();
     let mut last = None;
@@ -49,8 +56,11 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
         tried.push(i);
         let backend = &backends[i];
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(cluster.config.connect_timeout, open(cluster, backend.addr)).await;
+        let result = tokio::time::timeout(
+            cluster.config.connect_timeout,
+            open(cluster, backend.addr, preamble),
+        )
+        .await;
         let (reason, detail) = match result {
             Ok(Ok(stream)) => {
                 backend
@@ -95,15 +105,23 @@ pub async fn connect(cluster: &Cluster, client: IpAddr) -> Result<Connected<'_>,
     }
 }
 
-/// TCP connect, then the TLS handshake when the cluster has `tls`.
+/// TCP connect, the preamble, then the TLS handshake when the cluster has
+/// `tls`.
 pub async fn open(
     cluster: &Cluster,
     addr: std::net::SocketAddr,
+    preamble: &[u8],
 ) -> Result<BackendStream, (ConnectErrorReason, io::Error)> {
-    let stream = TcpStream::connect(addr)
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| (classify(&e), e))?;
     let _ = stream.set_nodelay(true);
+    if !preamble.is_empty() {
+        stream
+            .write_all(preamble)
+            .await
+            .map_err(|e| (ConnectErrorReason::Other, e))?;
+    }
     match &cluster.tls {
         None => Ok(BackendStream::Plain(stream)),
         Some(tls) => tls

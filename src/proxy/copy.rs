@@ -182,7 +182,7 @@ async fn pump(
     }
 }
 
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -4,8 +4,10 @@
 pub mod connect;
 pub mod copy;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod route;
 pub mod serve;
+pub mod sni;
 
 use arc_swap::ArcSwap;
 

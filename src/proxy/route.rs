@@ -21,9 +21,45 @@ pub struct Snapshot {
 /// Where a listener sends its connections.
 pub struct Route {
     pub listener: ListenerConfig,
-    pub cluster: Arc<Cluster>,
+    /// The cluster for every connection, or with SNI routes for names that
+    /// match none.
+    pub cluster: Option<Arc<Cluster>>,
+    pub sni: SniRoutes,
     /// TLS termination, with the certificates read at this generation.
     pub tls: Option<ListenerTls>,
+}
+
+/// Server name → cluster: exact names, then `*.suffix` (one label).
+#[derive(Default)]
+pub struct SniRoutes {
+    exact: HashMap<String, Arc<Cluster>>,
+    wildcard: HashMap<String, Arc<Cluster>>,
+}
+
+impl SniRoutes {
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+
+    fn lookup(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.exact.get(name).or_else(|| {
+            name.split_once('.')
+                .and_then(|(_, parent)| self.wildcard.get(parent))
+        })
+    }
+}
+
+impl Route {
+    /// The cluster for a connection whose ClientHello named `sni`.
+    pub fn cluster_for(&self, sni: Option<&str>) -> Option<&Arc<Cluster>> {
+        sni.and_then(|name| self.sni.lookup(name))
+            .or(self.cluster.as_ref())
+    }
+
+    /// SNI routing without terminating TLS: the ClientHello is read first.
+    pub fn peeks_sni(&self) -> bool {
+        !self.sni.is_empty() && self.tls.is_none()
+    }
 }
 
 pub struct Cluster {
@@ -79,11 +115,24 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
-                let cluster = clusters
-                    .iter()
-                    .find(|c| c.config.name == l.cluster)
-                    .expect("validation guarantees every listener's cluster exists")
-                    .clone();
+                let by_name = |name: &str| {
+                    clusters
+                        .iter()
+                        .find(|c| c.config.name == name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("listeners.{}: no cluster is named {name:?}", l.name)
+                        })
+                };
+                let cluster = l.cluster.as_deref().map(by_name).transpose()?;
+                let mut sni = SniRoutes::default();
+                for (name, target) in &l.sni_routes {
+                    let target = by_name(target)?;
+                    match name.strip_prefix("*.") {
+                        Some(suffix) => sni.wildcard.insert(suffix.to_string(), target),
+                        None => sni.exact.insert(name.clone(), target),
+                    };
+                }
                 let tls = l
                     .tls
                     .as_ref()
@@ -93,6 +142,7 @@ impl Snapshot {
                 let route = Route {
                     listener: l.clone(),
                     cluster,
+                    sni,
                     tls,
                 };
                 Ok((l.name.clone(), Arc::new(route)))

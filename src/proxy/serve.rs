@@ -13,7 +13,10 @@ use super::Proxy;
 use super::connect::{BackendStream, connect};
 use super::copy::{self, End};
 use super::route::Route;
+use super::{proxy_protocol, sni};
+use crate::config::ProxyProtocolVersion;
 use crate::metrics::{ListenerMetrics, RejectReason};
+use tokio::io::AsyncWriteExt;
 
 /// One listener's accept loop state. `active` outlives reloads, so
 /// `max_connections` counts every connection the listener holds.
@@ -126,9 +129,14 @@ enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// route → (TLS) → connect → copy, then one access-log line.
+/// How long a client may take to send its ClientHello when routing by SNI
+/// without terminating TLS.
+const SNI_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PROXY header → TLS or SNI peek → route → connect → copy, then one
+/// access-log line.
 async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     listener: &str,
     route: &Route,
@@ -137,8 +145,40 @@ async fn serve(
 ) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
+    let pp = route.listener.proxy_protocol;
+    // The client as the upstream balancer saw it, when it says so.
+    let (mut source, mut destination) =
+        (peer, client.local_addr().unwrap_or(route.listener.listen));
+    if pp.accept {
+        let header = tokio::select! {
+            h = tokio::time::timeout(pp.timeout, proxy_protocol::read(&mut client)) => h,
+            _ = proxy.drain.force().cancelled() => return,
+        };
+        match header {
+            Ok(Ok(proxy_protocol::Header::Proxy {
+                source: s,
+                destination: d,
+            })) => {
+                source = s;
+                destination = d;
+            }
+            Ok(Ok(proxy_protocol::Header::Local)) => {}
+            Ok(Err(e)) => {
+                metrics.reject(RejectReason::ProxyProtocol);
+                tracing::debug!(client = %peer, listener, error = %e, "PROXY header refused");
+                return;
+            }
+            Err(_) => {
+                metrics.reject(RejectReason::ProxyProtocol);
+                tracing::debug!(client = %peer, listener, "no PROXY header in time");
+                return;
+            }
+        }
+    }
+
+    let mut initial = Vec::new();
+    let mut sni = None;
     let client = match &route.tls {
-        None => ClientStream::Plain(client),
         Some(tls) => {
             let handshake =
                 tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(client));
@@ -147,46 +187,69 @@ async fn serve(
                 _ = proxy.drain.force().cancelled() => return,
             };
             match result {
-                Ok(Ok(stream)) => ClientStream::Tls(Box::new(stream)),
+                Ok(Ok(stream)) => {
+                    sni = stream
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(str::to_ascii_lowercase);
+                    ClientStream::Tls(Box::new(stream))
+                }
                 Ok(Err(e)) => {
                     metrics.reject(RejectReason::TlsHandshake);
-                    tracing::debug!(client = %peer, listener, error = %e, "TLS handshake failed");
+                    tracing::debug!(client = %source, listener, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
                     metrics.reject(RejectReason::TlsHandshake);
-                    tracing::debug!(client = %peer, listener, "TLS handshake timed out");
+                    tracing::debug!(client = %source, listener, "TLS handshake timed out");
                     return;
                 }
             }
         }
-    };
-    let (sni, alpn) = match &client {
-        ClientStream::Tls(s) => {
-            let session = s.get_ref().1;
-            (
-                session.server_name().map(str::to_string),
-                session
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned()),
-            )
+        None if route.peeks_sni() => {
+            let (read, name) = tokio::select! {
+                r = sni::peek(&mut client, SNI_PEEK_TIMEOUT) => r,
+                _ = proxy.drain.force().cancelled() => return,
+            };
+            initial = read;
+            sni = name.ok().flatten();
+            ClientStream::Plain(client)
         }
-        ClientStream::Plain(_) => (None, None),
+        None => ClientStream::Plain(client),
     };
-    let cluster = &route.cluster;
+    let alpn = match &client {
+        ClientStream::Tls(s) => s
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        ClientStream::Plain(_) => None,
+    };
+    let Some(cluster) = route.cluster_for(sni.as_deref()) else {
+        metrics.reject(RejectReason::SniNoRoute);
+        tracing::debug!(client = %source, listener, sni, "no route for this server name");
+        return;
+    };
+
+    let preamble = match pp.send {
+        ProxyProtocolVersion::None => Vec::new(),
+        ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(source, destination),
+        ProxyProtocolVersion::V2 => proxy_protocol::encode_v2(source, destination),
+    };
     let connected = tokio::select! {
-        c = connect(cluster, peer.ip()) => c,
+        c = connect(cluster, source.ip(), &preamble) => c,
         _ = proxy.drain.force().cancelled() => {
             proxy.metrics.drain_forced_closes.inc();
             return;
         }
     };
-    let backend = match connected {
+    let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(
                 target: "baton::access",
-                client = %peer,
+                client = %source,
                 listener,
                 cluster = %cluster.config.name,
                 error = %e,
@@ -195,6 +258,17 @@ async fn serve(
             return;
         }
     };
+    // What the SNI peek read goes first, untouched.
+    if !initial.is_empty() {
+        let written = match &mut backend.stream {
+            BackendStream::Plain(b) => copy::write_all(b, &initial).await,
+            BackendStream::Tls(b) => b.write_all(&initial).await,
+        };
+        if written.is_err() {
+            return;
+        }
+        metrics.bytes_received.inc_by(initial.len() as u64);
+    }
     let idle = cluster.config.idle_timeout;
     let (received, sent, force) = (
         &metrics.bytes_received,
@@ -229,7 +303,7 @@ async fn serve(
     };
     tracing::info!(
         target: "baton::access",
-        client = %peer,
+        client = %source,
         listener,
         backend = %address,
         backend_addr = %addr,
