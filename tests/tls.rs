@@ -455,3 +455,28 @@ fn tls_to_backends_verifies_against_the_given_ca() {
         baton.metric(&series) == Some(1.0)
     });
 }
+
+#[test]
+fn sni_routing_passes_a_real_handshake_through_to_the_named_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("backend ca");
+    leaf(&ca, dir.path(), "a", "a.test", &["a.test"], false);
+    leaf(&ca, dir.path(), "b", "b.test", &["b.test"], false);
+    let (a, b) = (tls_backend(dir.path(), "a"), tls_backend(dir.path(), "b"));
+    let config = ConfigBuilder::new(&[]);
+    let yaml = format!(
+        "admin:\n  listen: \"{}\"\ncontrol:\n  socket: baton.sock\nlisteners:\n  - name: web\n    listen: \"{}\"\n    sni_routes:\n      a.test: ca\n      \"*.b.test\": cb\nclusters:\n  - {{ name: ca, backends: [ {{ address: \"{a}\" }} ] }}\n  - {{ name: cb, backends: [ {{ address: \"{b}\" }} ] }}\n",
+        config.admin, config.listen
+    );
+    let _baton = start_in(dir, &yaml);
+    let client = client_config(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    // The backend terminates: its own certificate comes back through baton.
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "a.test", &client)),
+        "a.test"
+    );
+    assert_eq!(
+        served_cn(&tls_connect(config.listen, "www.b.test", &client)),
+        "b.test"
+    );
+}
