@@ -417,6 +417,15 @@ impl App {
     pub(crate) async fn release(&self) {
         self.set_lifecycle(Lifecycle::Draining);
         self.stop_listeners(true);
+        // The successor checks the backends now.
+        if let Some(checks) = self
+            .health
+            .lock()
+            .expect("health lock is never poisoned")
+            .take()
+        {
+            checks.cancel();
+        }
         self.stop_control();
         self.stop_admin().await;
         self.owner.store(false, Ordering::Release);

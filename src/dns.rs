@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::App;
+use crate::app::{App, Lifecycle};
 use crate::config::{Config, resolve};
 use crate::proxy::route::Snapshot;
 
@@ -24,6 +24,10 @@ pub async fn refresh_loop(app: Arc<App>) {
             .unwrap_or(IDLE_TICK)
             .min(IDLE_TICK);
         tokio::time::sleep(tick).await;
+        if app.lifecycle() == Lifecycle::Draining {
+            // The process that accepts now keeps the addresses current.
+            return;
+        }
         let now = Instant::now();
         let due: Vec<(String, String)> = named_clusters(&config)
             .filter(|c| {

@@ -117,16 +117,13 @@ pub async fn open(
         .map_err(|e| (classify(&e), e))?;
     let _ = stream.set_nodelay(true);
     if !preamble.is_empty() {
-        stream
-            .write_all(preamble)
+        Box::pin(stream.write_all(preamble))
             .await
             .map_err(|e| (ConnectErrorReason::Other, e))?;
     }
     match &cluster.tls {
         None => Ok(BackendStream::Plain(stream)),
-        Some(tls) => tls
-            .connector
-            .connect(tls.server_name.clone(), stream)
+        Some(tls) => Box::pin(tls.connector.connect(tls.server_name.clone(), stream))
             .await
             .map(|s| BackendStream::Tls(Box::new(s)))
             .map_err(|e| (ConnectErrorReason::Tls, e)),

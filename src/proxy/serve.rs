@@ -151,7 +151,9 @@ async fn serve(
         (peer, client.local_addr().unwrap_or(route.listener.listen));
     if pp.accept {
         let header = tokio::select! {
-            h = tokio::time::timeout(pp.timeout, proxy_protocol::read(&mut client)) => h,
+            // Boxed, like every step only some connections take: the task of
+            // a plain connection stays small for its whole life.
+            h = tokio::time::timeout(pp.timeout, Box::pin(proxy_protocol::read(&mut client))) => h,
             _ = proxy.drain.force().cancelled() => return,
         };
         match header {
@@ -209,7 +211,7 @@ async fn serve(
         }
         None if route.peeks_sni() => {
             let (read, name) = tokio::select! {
-                r = sni::peek(&mut client, SNI_PEEK_TIMEOUT) => r,
+                r = Box::pin(sni::peek(&mut client, SNI_PEEK_TIMEOUT)) => r,
                 _ = proxy.drain.force().cancelled() => return,
             };
             initial = read;
@@ -262,7 +264,7 @@ async fn serve(
     if !initial.is_empty() {
         let written = match &mut backend.stream {
             BackendStream::Plain(b) => copy::write_all(b, &initial).await,
-            BackendStream::Tls(b) => b.write_all(&initial).await,
+            BackendStream::Tls(b) => Box::pin(b.write_all(&initial)).await,
         };
         if written.is_err() {
             return;
@@ -283,13 +285,22 @@ async fn serve(
             copy::proxy(&c, &b, idle, received, sent, force).await
         }
         (ClientStream::Plain(mut c), BackendStream::Tls(mut b)) => {
-            copy::proxy_streams(&mut c, &mut *b, idle, received, sent, force).await
+            Box::pin(copy::proxy_streams(
+                &mut c, &mut *b, idle, received, sent, force,
+            ))
+            .await
         }
         (ClientStream::Tls(mut c), BackendStream::Plain(mut b)) => {
-            copy::proxy_streams(&mut *c, &mut b, idle, received, sent, force).await
+            Box::pin(copy::proxy_streams(
+                &mut *c, &mut b, idle, received, sent, force,
+            ))
+            .await
         }
         (ClientStream::Tls(mut c), BackendStream::Tls(mut b)) => {
-            copy::proxy_streams(&mut *c, &mut *b, idle, received, sent, force).await
+            Box::pin(copy::proxy_streams(
+                &mut *c, &mut *b, idle, received, sent, force,
+            ))
+            .await
         }
     };
     if matches!(end, End::Forced) {
