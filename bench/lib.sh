@@ -4,6 +4,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BATON=${BATON_BIN:-$ROOT/target/release/baton}
 WORK=$(mktemp -d /tmp/baton-bench.XXXXXX)
+chmod 755 "$WORK"  # nginx workers read the docroot
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
