@@ -505,27 +505,9 @@ async fn start(config: Config, options: RunOptions) -> anyhow::Result<Arc<App>> 
         }
     };
     app.owner.store(true, Ordering::Release);
-    let bound = (|| {
-        let mut inherited = Inherited::from_systemd();
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let socket = match inherited.take_tcp(&l.name, l.listen) {
-                Some(s) => s,
-                None => bind(l.listen).with_context(|| {
-                    format!("listeners.{}: cannot listen on {}", l.name, l.listen)
-                })?,
-            };
-            bound.push((l.name.clone(), socket));
-        }
-        let admin = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
-            Some(s) => s,
-            None => bind(config.admin_listen).with_context(|| {
-                format!("admin.listen: cannot listen on {}", config.admin_listen)
-            })?,
-        };
-        inherited.close_rest();
-        anyhow::Ok((bound, admin))
-    })();
+    let mut inherited = Inherited::from_systemd();
+    let bound = adopt_or_bind(&config, &mut inherited);
+    inherited.close_rest();
     let (bound, admin) = match bound {
         Ok(b) => b,
         Err(e) => {
@@ -578,27 +560,11 @@ async fn start_as_successor(
     inherit_health(&app, header);
     let mut inherited = std::mem::take(&mut predecessor.inherited);
 
-    let adopted = (|| {
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let socket = match inherited.take_tcp(&l.name, l.listen) {
-                Some(s) => s,
-                None => bind(l.listen).with_context(|| {
-                    format!("listeners.{}: cannot listen on {}", l.name, l.listen)
-                })?,
-            };
-            bound.push((l.name.clone(), socket));
-        }
-        let admin = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
-            Some(s) => s,
-            None => bind(config.admin_listen).with_context(|| {
-                format!("admin.listen: cannot listen on {}", config.admin_listen)
-            })?,
-        };
+    let adopted = adopt_or_bind(&config, &mut inherited).map(|(bound, admin)| {
         let control = inherited.take_control(&config.control_socket);
-        inherited.close_rest();
-        anyhow::Ok((bound, admin, control))
-    })();
+        (bound, admin, control)
+    });
+    inherited.close_rest();
     let (bound, admin, control_socket) = match adopted {
         Ok(a) => a,
         Err(e) => {
@@ -656,6 +622,13 @@ async fn start_as_successor(
         );
     }
     app.owner.store(true, Ordering::Release);
+    // Registered before control is served, so their first reports find them.
+    if matches!(release, Release::Released) {
+        app.expect_drain(header.pid, header.generation);
+    }
+    for (pid, generation) in &header.draining {
+        app.expect_drain(*pid, *generation);
+    }
     app.start_admin(admin)?;
     let control_socket = match control_socket {
         Some(s) => s,
@@ -666,12 +639,6 @@ async fn start_as_successor(
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
     }
-    if matches!(release, Release::Released) {
-        app.expect_drain(header.pid, header.generation);
-    }
-    for (pid, generation) in &header.draining {
-        app.expect_drain(*pid, *generation);
-    }
     app.proxy
         .metrics
         .upgrades
@@ -681,6 +648,32 @@ async fn start_as_successor(
     systemd::took_over();
     tracing::info!(pid = std::process::id(), generation = app.generation, config = %config.path.display(), "baton took over and is serving");
     Ok(app)
+}
+
+/// A proxy listener socket by name.
+type NamedListeners = Vec<(String, std::net::TcpListener)>;
+
+/// Every listener and the admin listener: the inherited socket of the same
+/// name and address, or a new bind.
+fn adopt_or_bind(
+    config: &Config,
+    inherited: &mut Inherited,
+) -> anyhow::Result<(NamedListeners, std::net::TcpListener)> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let socket = match inherited.take_tcp(&l.name, l.listen) {
+            Some(s) => s,
+            None => bind(l.listen)
+                .with_context(|| format!("listeners.{}: cannot listen on {}", l.name, l.listen))?,
+        };
+        bound.push((l.name.clone(), socket));
+    }
+    let admin = match inherited.take_tcp(ADMIN_SOCKET_NAME, config.admin_listen) {
+        Some(s) => s,
+        None => bind(config.admin_listen)
+            .with_context(|| format!("admin.listen: cannot listen on {}", config.admin_listen))?,
+    };
+    Ok((bound, admin))
 }
 
 /// Backend health as the predecessor saw it, for addresses we still have.

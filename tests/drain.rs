@@ -11,22 +11,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn wait_new_pid(baton: &Baton, old: i32) -> i32 {
-    let mut new = old;
-    wait_until(
-        Duration::from_secs(20),
-        "a successor serving admin",
-        || match serving_pid(baton.admin) {
-            Some(p) if p != old => {
-                new = p;
-                true
-            }
-            _ => false,
-        },
-    );
-    new
-}
-
 fn held_streams(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|_| {
@@ -287,15 +271,6 @@ fn children(pid: i32) -> usize {
         .count()
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn twenty_upgrades_leak_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
@@ -311,11 +286,11 @@ fn twenty_upgrades_leak_nothing() {
         wait_until(Duration::from_secs(10), "predecessor exits", || {
             !pid_alive(old)
         });
-        wait_until(Duration::from_secs(5), "no draining left", || {
+        wait_until(Duration::from_secs(10), "no draining left", || {
             metric_value(&baton.metrics(), "baton_draining_processes") == Some(0.0)
         });
         let _ = connect_named(config.listen);
-        let sample = (fd_count(pid), children(pid), rss_kib(pid));
+        let sample = (fd_count(pid), children(pid), rss_of(pid));
         if i == 1 {
             first = Some(sample);
         }

@@ -10,23 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Waits until a process other than `old` serves admin, and returns it.
-fn wait_new_pid(baton: &Baton, old: i32) -> i32 {
-    let mut new = old;
-    wait_until(
-        Duration::from_secs(20),
-        "a successor serving admin",
-        || match serving_pid(baton.admin) {
-            Some(p) if p != old => {
-                new = p;
-                true
-            }
-            _ => false,
-        },
-    );
-    new
-}
-
 fn pid_file(baton: &Baton) -> i32 {
     std::fs::read_to_string(baton.path("baton.pid"))
         .unwrap()
@@ -339,13 +322,18 @@ if stage >= 4:
         });
         assert_eq!(serving_pid(baton.admin), Some(pid), "stage {stage}");
     }
-    // Real successors killed as soon as they start.
+    // Real successor processes SIGKILLed at random moments before they can
+    // take over (a hand-over takes a few ms, faster than a test can aim a
+    // signal inside it; the steps inside are played by python above).
     for i in 0..5 {
         let pid_path = baton.path(&format!("successor-{i}.pid"));
         let wrapper = script(
             &baton,
             &format!("wrapper-{i}"),
-            &format!("echo $$ > {}\nexec {BATON} \"$@\"", pid_path.display()),
+            &format!(
+                "echo $$ > {}\nsleep 1\nexec {BATON} \"$@\"",
+                pid_path.display()
+            ),
         );
         let binary = wrapper.to_str().unwrap().to_string();
         let config_path = baton.config_path.clone();
@@ -364,6 +352,7 @@ if stage >= 4:
             .trim()
             .parse()
             .unwrap();
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..800)));
         let _ = std::process::Command::new("kill")
             .args(["-9", &successor.to_string()])
             .status();

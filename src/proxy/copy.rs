@@ -110,40 +110,57 @@ pub async fn proxy(
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let upstream = pump(client, backend, received, &up_bytes, &last_activity, start);
     let downstream = pump(backend, client, sent, &down_bytes, &last_activity, start);
-    tokio::pin!(upstream, downstream);
-    let (mut up_done, mut down_done) = (false, false);
-    let mut deadline = start + idle_timeout;
-
-    let end = loop {
-        tokio::select! {
-            r = &mut upstream, if !up_done => match r {
-                Ok(()) => up_done = true,
-                Err(Side::Reading(e)) => break End::ClientError(e),
-                Err(Side::Writing(e)) => break End::BackendError(e),
-            },
-            r = &mut downstream, if !down_done => match r {
-                Ok(()) => down_done = true,
-                Err(Side::Reading(e)) => break End::BackendError(e),
-                Err(Side::Writing(e)) => break End::ClientError(e),
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                if last + idle_timeout <= Instant::now() {
-                    break End::IdleTimeout;
-                }
-                deadline = last + idle_timeout;
+    let both = async {
+        tokio::pin!(upstream, downstream);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut upstream, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(Side::Reading(e)) => return End::ClientError(e),
+                    Err(Side::Writing(e)) => return End::BackendError(e),
+                },
+                r = &mut downstream, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(Side::Reading(e)) => return End::BackendError(e),
+                    Err(Side::Writing(e)) => return End::ClientError(e),
+                },
             }
-            _ = force.cancelled() => break End::Forced,
         }
-        if up_done && down_done {
-            break End::Closed;
-        }
+        End::Closed
     };
+    let end = supervise(both, idle_timeout, &last_activity, start, force).await;
     let transferred = Transferred {
         received: up_bytes.load(Ordering::Relaxed),
         sent: down_bytes.load(Ordering::Relaxed),
     };
     (end, transferred)
+}
+
+/// Runs `copy` to its end, unless no byte moves for `idle_timeout` or
+/// `force` fires first. `last_activity` is in ms since `start`.
+async fn supervise(
+    copy: impl Future<Output = End>,
+    idle_timeout: Duration,
+    last_activity: &AtomicU64,
+    start: Instant,
+    force: &CancellationToken,
+) -> End {
+    tokio::pin!(copy);
+    let mut deadline = start + idle_timeout;
+    loop {
+        tokio::select! {
+            end = &mut copy => return end,
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                if last + idle_timeout <= Instant::now() {
+                    return End::IdleTimeout;
+                }
+                deadline = last + idle_timeout;
+            }
+            _ = force.cancelled() => return End::Forced,
+        }
+    }
 }
 
 /// One direction: read what `src` has, write it all to `dst`, and forward
@@ -338,21 +355,7 @@ where
             Poll::Pending
         }
     });
-    tokio::pin!(both);
-    let mut deadline = start + idle_timeout;
-    let end = loop {
-        tokio::select! {
-            end = &mut both => break end,
-            _ = tokio::time::sleep_until(deadline) => {
-                let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                if last + idle_timeout <= Instant::now() {
-                    break End::IdleTimeout;
-                }
-                deadline = last + idle_timeout;
-            }
-            _ = force.cancelled() => break End::Forced,
-        }
-    };
+    let end = supervise(both, idle_timeout, &last_activity, start, force).await;
     let transferred = Transferred {
         received: up_bytes.load(Ordering::Relaxed),
         sent: down_bytes.load(Ordering::Relaxed),

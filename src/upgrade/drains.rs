@@ -37,7 +37,7 @@ impl App {
     /// Records a report; `false` when this process no longer accepts, so
     /// the reporter must find the one that does.
     pub(crate) fn record_drain(&self, report: DrainReport) -> bool {
-        if self.lifecycle() != Lifecycle::Ready {
+        if matches!(self.lifecycle(), Lifecycle::Draining | Lifecycle::Stopped) {
             return false;
         }
         let metrics = &self.proxy.metrics;

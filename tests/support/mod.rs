@@ -23,13 +23,25 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's
+/// ephemeral range (32768–60999 here), so that no client socket of a
+/// parallel test can take it between this call and baton's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test binary starts somewhere else in the range.
+    let offset = std::process::id() % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (offset + n * 7) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// A backend that writes `<name>\n` on every new connection, then echoes
@@ -279,12 +291,7 @@ impl Baton {
 
     /// Resident memory of the process in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap()
+        rss_of(self.pid())
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -664,4 +671,31 @@ pub fn serving_pid(admin: SocketAddr) -> Option<i32> {
     }
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["pid"].as_i64().map(|p| p as i32)
+}
+
+/// Waits until a process other than `old` serves admin, and returns it.
+pub fn wait_new_pid(baton: &Baton, old: i32) -> i32 {
+    let mut new = old;
+    wait_until(
+        Duration::from_secs(20),
+        "a successor serving admin",
+        || match serving_pid(baton.admin) {
+            Some(p) if p != old => {
+                new = p;
+                true
+            }
+            _ => false,
+        },
+    );
+    new
+}
+
+/// Resident memory of `pid` in KiB (0 once it is gone).
+pub fn rss_of(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
