@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -178,21 +178,39 @@ async fn pump(
         let mut buffer = Buffer::take();
         let buf = buffer.as_mut();
         loop {
-            match src.try_read(buf) {
-                Ok(0) => {
-                    // Half-close: the other direction keeps flowing.
+            // A short read means the socket is drained: report it as
+            // WouldBlock so tokio clears the readiness now, instead of
+            // paying one more read that returns EAGAIN. (tokio only clears
+            // what it saw before the read; data arriving after it sets
+            // readiness again.)
+            let mut got = 0;
+            let read = src.try_io(Interest::READABLE, || {
+                got = nix::unistd::read(src, buf).map_err(io::Error::from)?;
+                if got > 0 && got < buf.len() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(got)
+                }
+            });
+            match read {
+                Err(e) if got == 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if got == 0 && e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if got == 0 => return Err(Side::Reading(e)),
+                _ if got == 0 => {
+                    // End of stream. Half-close: the other direction keeps
+                    // flowing.
                     let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
                     return Ok(());
                 }
-                Ok(n) => {
-                    write_all(dst, &buf[..n]).await.map_err(Side::Writing)?;
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                    counter.inc_by(n as u64);
+                _ => {
+                    write_all(dst, &buf[..got]).await.map_err(Side::Writing)?;
+                    moved.fetch_add(got as u64, Ordering::Relaxed);
+                    counter.inc_by(got as u64);
                     last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if got < buf.len() {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Side::Reading(e)),
             }
         }
         // The buffer returns to the pool here, before waiting again.
