@@ -6,7 +6,6 @@ mod support;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -366,24 +365,11 @@ fn dry_run_reports_without_applying() {
 
 #[test]
 fn sd_notify_ready_and_reloading_are_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let notify = Notify::new();
     let a = Backend::start("a");
     let config = ConfigBuilder::new(&[&a]);
-    let baton = Baton::start_opts(
-        &config.yaml(),
-        None,
-        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
-    );
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = notify.recv(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    };
+    let baton = notify.start_baton(&config.yaml());
+    let recv = || notify.recv();
     assert!(recv().contains("READY=1"));
     assert!(baton.ctl(&["reload"]).0);
     let reloading = recv();

@@ -699,3 +699,42 @@ pub fn rss_of(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A datagram socket standing in for systemd's `NOTIFY_SOCKET`.
+pub struct Notify {
+    socket: std::os::unix::net::UnixDatagram,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Notify {
+    pub fn new() -> Notify {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Notify {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// A baton whose environment names this socket.
+    pub fn start_baton(&self, config: &str) -> Baton {
+        Baton::start_opts(
+            config,
+            None,
+            &[("NOTIFY_SOCKET", self.path.to_str().unwrap())],
+        )
+    }
+
+    /// The next message, waiting up to 10 s.
+    pub fn recv(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+}
