@@ -337,11 +337,17 @@ fn systemd_socket_activation_adopts_listeners_by_name() {
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "web")
         .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: dup2 is async-signal-safe; it puts the listening socket at fd
-    // 3 (without close-on-exec) as systemd does.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they put the listening
+    // socket at fd 3 without close-on-exec, as systemd does.
     unsafe {
         command.pre_exec(move || {
-            if nix::libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself keeps close-on-exec: clear it by hand then.
+            let ok = if fd == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0) >= 0
+            } else {
+                nix::libc::dup2(fd, 3) >= 0
+            };
+            if !ok {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
