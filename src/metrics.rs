@@ -362,9 +362,9 @@ impl Metrics {
         for c in &config.clusters {
             self.backend_connect_duration.with_label_values(&[&c.name]);
             for b in &c.backends {
-                let m = self.backend(&c.name, &b.address);
-                // Until health checks say otherwise a backend takes traffic.
-                m.healthy.set(1);
+                // The series exist now; their values come from the live
+                // backend state, which a reload keeps (health included).
+                self.backend(&c.name, &b.address);
             }
         }
         self.drain_timeout.set(config.drain_timeout.as_secs_f64());

@@ -425,3 +425,38 @@ fn one_baton_per_control_socket_and_stale_sockets_are_replaced() {
     again.kill().unwrap();
     again.wait().unwrap();
 }
+
+#[test]
+fn a_down_backend_stays_down_across_a_reload_that_keeps_it() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let b_addr = b.addr;
+    let mut config = ConfigBuilder::new(&[&a, &b]);
+    // rise 100: once down, only the reload could (wrongly) bring it back.
+    config.cluster_extra =
+        "    health_check: { interval: 100ms, timeout: 100ms, rise: 100, fall: 1 }\n".into();
+    let baton = Baton::start(&config.yaml());
+    let healthy = format!("baton_backend_healthy{{backend=\"{b_addr}\",cluster=\"app\"}}");
+    drop(b);
+    wait_until(Duration::from_secs(5), "b down", || {
+        baton.metric(&healthy) == Some(0.0)
+    });
+    let _b = Backend::start_at("b", b_addr);
+    config.backends.push((c.addr, 1));
+    baton.write_config(&config.yaml());
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        baton.metric(&healthy),
+        Some(0.0),
+        "health survived the reload"
+    );
+    let seen: HashSet<String> = answering(config.listen, 6);
+    assert!(
+        !seen.contains("b"),
+        "a down backend gets no connections: {seen:?}"
+    );
+}
