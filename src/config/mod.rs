@@ -123,6 +123,8 @@ impl Config {
             for problem in &mut problems {
                 problem.position = index.find(&problem.path);
             }
+            // In file order, as an editor shows them.
+            problems.sort_by_key(|p| p.position.unwrap_or((usize::MAX, 0)));
             problems
         };
         match validate::validate(file, path, base) {
