@@ -261,9 +261,10 @@ impl App {
             },
             Command::Reload { dry_run } => {
                 if self.lifecycle() != Lifecycle::Ready {
-                    return Response::error(
-                        "this process is draining; reload the one that accepts",
-                    );
+                    return Response::error(format!(
+                        "this process is {}; reload the one that accepts",
+                        self.lifecycle().as_str()
+                    ));
                 }
                 match self.reload_lock.try_lock() {
                     Err(_) => {
@@ -518,14 +519,16 @@ async fn start(config: Config, options: RunOptions) -> anyhow::Result<Arc<App>> 
     for (name, socket) in bound {
         app.start_listener(&name, socket)?;
     }
-    app.start_admin(admin)?;
-    app.start_control(control_socket)?;
+    app.install(app.proxy.snapshot.load_full());
     if let Some(pid_file) = &config.pid_file {
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
     }
-    app.install(app.proxy.snapshot.load_full());
+    // Ready before admin and control answer, so nobody who reaches them
+    // sees a process that is still starting.
     app.set_lifecycle(Lifecycle::Ready);
+    app.start_admin(admin)?;
+    app.start_control(control_socket)?;
     systemd::ready();
     tracing::info!(pid = std::process::id(), config = %config.path.display(), summary = %config.summary(), "baton is serving");
     Ok(app)
@@ -629,12 +632,6 @@ async fn start_as_successor(
     for (pid, generation) in &header.draining {
         app.expect_drain(*pid, *generation);
     }
-    app.start_admin(admin)?;
-    let control_socket = match control_socket {
-        Some(s) => s,
-        None => control::bind(&config.control_socket)?,
-    };
-    app.start_control(control_socket)?;
     if let Some(pid_file) = &config.pid_file {
         write_pid_file(pid_file)
             .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))?;
@@ -644,7 +641,14 @@ async fn start_as_successor(
         .upgrades
         .with_label_values(&["success"])
         .inc();
+    // Ready before admin and control answer (see `start`).
     app.set_lifecycle(Lifecycle::Ready);
+    app.start_admin(admin)?;
+    let control_socket = match control_socket {
+        Some(s) => s,
+        None => control::bind(&config.control_socket)?,
+    };
+    app.start_control(control_socket)?;
     systemd::took_over();
     tracing::info!(pid = std::process::id(), generation = app.generation, config = %config.path.display(), "baton took over and is serving");
     Ok(app)
