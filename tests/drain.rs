@@ -23,13 +23,6 @@ fn held_streams(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-fn stop(pid: i32) {
-    let _ = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status();
-    wait_until(Duration::from_secs(20), "process stops", || !pid_alive(pid));
-}
-
 /// Every cumulative series (`_total`, histogram `_count` and `_bucket`).
 fn cumulative(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -98,7 +91,7 @@ fn drain_progress_shows_on_the_successor_and_goes_away_with_it() {
             && !m.contains("baton_drain_connections_active{")
             && !m.contains("baton_drain_elapsed_seconds{")
     });
-    stop(new);
+    stop_pid(new);
 }
 
 #[test]
@@ -156,7 +149,7 @@ fn no_counter_goes_backwards_across_two_upgrades() {
         metric_value(&baton.metrics(), "baton_config_generation"),
         Some(3.0)
     );
-    stop(pid);
+    stop_pid(pid);
 }
 
 #[test]
@@ -209,7 +202,7 @@ fn a_chain_of_upgrades_while_draining_and_the_max_draining_limit() {
         s.read_exact(&mut b).unwrap();
     }
     drop(fresh);
-    stop(g2);
+    stop_pid(g2);
     wait_until(Duration::from_secs(10), "all gone", || {
         !pid_alive(g0) && !pid_alive(g1)
     });
@@ -249,7 +242,7 @@ fn a_killed_draining_predecessor_vanishes_and_clients_see_nothing() {
     )
     .unwrap();
     assert!(accepted_after >= accepted_before, "its last counts stay");
-    stop(new);
+    stop_pid(new);
 }
 
 fn fd_count(pid: i32) -> usize {
@@ -310,7 +303,7 @@ fn twenty_upgrades_leak_nothing() {
             "upgrade {i}: the accepting process has no children"
         );
     }
-    stop(pid);
+    stop_pid(pid);
 }
 
 #[test]
@@ -327,7 +320,7 @@ fn the_successor_tells_systemd_its_pid_then_ready() {
     let mainpid = recv();
     assert_eq!(mainpid.trim(), format!("MAINPID={new}"));
     assert!(recv().contains("READY=1"));
-    stop(new);
+    stop_pid(new);
 }
 
 #[test]

@@ -144,6 +144,17 @@ fn tls_config(config: &ConfigBuilder, certs: &[&str], extra: &str) -> String {
     config.yaml()
 }
 
+/// baton terminating TLS for `site.test` (one certificate, `extra` lines
+/// added to its `tls:` block) in front of `echo`.
+fn site_baton(echo: &Backend, extra: &str) -> (ConfigBuilder, Baton) {
+    let config = ConfigBuilder::new(&[echo]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("test ca");
+    leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
+    let baton = start_in(dir, &tls_config(&config, &["site"], extra));
+    (config, baton)
+}
+
 /// Starts baton in a folder that already holds the certificates.
 fn start_in(dir: tempfile::TempDir, yaml: &str) -> Baton {
     Baton::start_in(dir, yaml)
@@ -196,14 +207,7 @@ fn each_sni_name_gets_its_certificate_and_the_first_is_the_default() {
 #[test]
 fn tls_1_2_and_1_3_both_work_and_alpn_is_negotiated() {
     let echo = Backend::echo();
-    let config = ConfigBuilder::new(&[&echo]);
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca("test ca");
-    leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
-    let baton = start_in(
-        dir,
-        &tls_config(&config, &["site"], "      alpn: [h2, http/1.1]\n"),
-    );
+    let (config, baton) = site_baton(&echo, "      alpn: [h2, http/1.1]\n");
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let mut cfg = (*client_config(&[version])).clone();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -220,18 +224,7 @@ fn tls_1_2_and_1_3_both_work_and_alpn_is_negotiated() {
 fn session_resumption_can_be_refused() {
     let echo = Backend::echo();
     for (resume, want) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {
-        let config = ConfigBuilder::new(&[&echo]);
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ca("test ca");
-        leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
-        let _baton = start_in(
-            dir,
-            &tls_config(
-                &config,
-                &["site"],
-                &format!("      session_resumption: {resume}\n"),
-            ),
-        );
+        let (config, _baton) = site_baton(&echo, &format!("      session_resumption: {resume}\n"));
         for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
             // One client config = one session cache, shared by both connections.
             let client = client_config(&[version]);
@@ -254,14 +247,7 @@ fn session_resumption_can_be_refused() {
 #[test]
 fn bad_handshakes_cost_only_their_client() {
     let echo = Backend::echo();
-    let config = ConfigBuilder::new(&[&echo]);
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca("test ca");
-    leaf(&ca, dir.path(), "site", "site.test", &["site.test"], false);
-    let baton = start_in(
-        dir,
-        &tls_config(&config, &["site"], "      handshake_timeout: 300ms\n"),
-    );
+    let (config, baton) = site_baton(&echo, "      handshake_timeout: 300ms\n");
     let client = client_config(&[&rustls::version::TLS13]);
     let good = tls_connect(config.listen, "site.test", &client);
 

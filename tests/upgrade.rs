@@ -89,12 +89,7 @@ fn twenty_upgrades_under_load_cost_no_client_anything() {
     let exit = baton.wait_exit(Duration::from_secs(20));
     assert!(exit.success(), "{exit}");
     // Stop the last one (not our child) by its pid.
-    let _ = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status();
-    wait_until(Duration::from_secs(20), "the last process stops", || {
-        !pid_alive(pid)
-    });
+    stop_pid(pid);
 }
 
 #[test]
@@ -166,12 +161,7 @@ fn a_hundred_long_streams_cross_an_upgrade_intact() {
     let exit = baton.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "predecessor exit: {exit}");
     drop(fresh);
-    let _ = std::process::Command::new("kill")
-        .arg(new.to_string())
-        .status();
-    wait_until(Duration::from_secs(10), "successor stops", || {
-        !pid_alive(new)
-    });
+    stop_pid(new);
 }
 
 #[test]
@@ -214,12 +204,7 @@ fn drain_timeout_cuts_what_remains_and_counts_it() {
         "forced closes reach the successor",
         || metric_value(&baton.metrics(), "baton_drain_forced_closes_total") == Some(3.0),
     );
-    let _ = std::process::Command::new("kill")
-        .arg(new.to_string())
-        .status();
-    wait_until(Duration::from_secs(10), "successor stops", || {
-        !pid_alive(new)
-    });
+    stop_pid(new);
 }
 
 #[test]
@@ -269,12 +254,7 @@ fn failed_upgrades_roll_back_and_a_good_one_follows() {
         Some(3.0),
         "failures carried to the successor"
     );
-    let _ = std::process::Command::new("kill")
-        .arg(new.to_string())
-        .status();
-    wait_until(Duration::from_secs(10), "successor stops", || {
-        !pid_alive(new)
-    });
+    stop_pid(new);
 }
 
 /// A successor that dies at each step of the protocol, played by the test
@@ -411,10 +391,8 @@ fn a_draining_process_refuses_to_upgrade_and_ignores_sighup() {
     assert!(pid_alive(old));
     assert_eq!(serving_pid(baton.admin), Some(new));
     drop(held);
-    let _ = std::process::Command::new("kill")
-        .arg(new.to_string())
-        .status();
-    wait_until(Duration::from_secs(10), "both stop", || {
-        !pid_alive(new) && !pid_alive(old)
+    stop_pid(new);
+    wait_until(Duration::from_secs(10), "the predecessor stops too", || {
+        !pid_alive(old)
     });
 }

@@ -146,9 +146,10 @@ async fn serve(
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let pp = route.listener.proxy_protocol;
-    // The client as the upstream balancer saw it, when it says so.
-    let (mut source, mut destination) =
-        (peer, client.local_addr().unwrap_or(route.listener.listen));
+    // The client as the upstream balancer saw it, when it says so; the
+    // destination is looked up (a syscall) only when a PROXY header needs it.
+    let mut source = peer;
+    let mut destination = None;
     if pp.accept {
         let header = tokio::select! {
             // Boxed, like every step only some connections take: the task of
@@ -162,7 +163,7 @@ async fn serve(
                 destination: d,
             })) => {
                 source = s;
-                destination = d;
+                destination = Some(d);
             }
             Ok(Ok(proxy_protocol::Header::Local)) => {}
             Ok(Err(e)) => {
@@ -236,8 +237,15 @@ async fn serve(
 
     let preamble = match pp.send {
         ProxyProtocolVersion::None => Vec::new(),
-        ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(source, destination),
-        ProxyProtocolVersion::V2 => proxy_protocol::encode_v2(source, destination),
+        send => {
+            let destination = destination
+                .or_else(|| client_local_addr(&client))
+                .unwrap_or(route.listener.listen);
+            match send {
+                ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(source, destination),
+                _ => proxy_protocol::encode_v2(source, destination),
+            }
+        }
     };
     let connected = tokio::select! {
         c = connect(cluster, source.ip(), &preamble) => c,
@@ -327,6 +335,13 @@ async fn serve(
         alpn,
         "connection"
     );
+}
+
+fn client_local_addr(client: &ClientStream) -> Option<SocketAddr> {
+    match client {
+        ClientStream::Plain(s) => s.local_addr().ok(),
+        ClientStream::Tls(s) => s.get_ref().0.local_addr().ok(),
+    }
 }
 
 /// Accept errors that concern one connection only; the next accept works.

@@ -428,49 +428,72 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     ticks / 100.0
 }
 
+/// Client threads that run until stopped, collecting their errors.
+#[derive(Default)]
+struct Workers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Workers {
+    /// Runs `step` in a new thread until stopped; an error is recorded
+    /// under `what` and the thread goes on.
+    fn spawn(
+        &mut self,
+        what: String,
+        mut step: impl FnMut(&AtomicBool) -> std::io::Result<()> + Send + 'static,
+    ) {
+        let (stop, errors) = (self.stop.clone(), self.errors.clone());
+        self.threads.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = step(&stop) {
+                    errors.lock().unwrap().push(format!("{what}: {e}"));
+                }
+            }
+        }));
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.errors.lock().unwrap().clone()
+    }
+}
+
 /// Steady traffic through baton: short connections (connect, read the
 /// backend's name, echo, close) and long streams that echo and verify
 /// chunks until stopped. Every failure is counted with its message.
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Workers,
     pub short_done: Arc<AtomicUsize>,
     pub stream_bytes: Arc<AtomicUsize>,
 }
 
 impl Load {
     pub fn start(addr: SocketAddr, short_workers: usize, streams: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut workers = Workers::default();
         let short_done = Arc::new(AtomicUsize::new(0));
         let stream_bytes = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::new();
         for _ in 0..short_workers {
-            let (stop, errors, done) = (stop.clone(), errors.clone(), short_done.clone());
-            threads.push(thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match short_exchange(addr) {
-                        Ok(()) => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => errors.lock().unwrap().push(format!("short: {e}")),
-                    }
-                }
-            }));
+            let done = short_done.clone();
+            workers.spawn("short".into(), move |_| {
+                short_exchange(addr)?;
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
         }
         for id in 0..streams {
-            let (stop, errors, bytes) = (stop.clone(), errors.clone(), stream_bytes.clone());
-            threads.push(thread::spawn(move || {
-                if let Err(e) = long_stream(addr, id as u8, &stop, &bytes) {
-                    errors.lock().unwrap().push(format!("stream {id}: {e}"));
-                }
-            }));
+            let bytes = stream_bytes.clone();
+            // One stream per thread, kept open until stopped.
+            workers.spawn(format!("stream {id}"), move |stop| {
+                long_stream(addr, id as u8, stop, &bytes)
+            });
         }
         Load {
-            stop,
-            threads,
-            errors,
+            workers,
             short_done,
             stream_bytes,
         }
@@ -478,11 +501,7 @@ impl Load {
 
     /// Stops every worker and returns the errors seen.
     pub fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        self.errors.lock().unwrap().clone()
+        self.workers.finish()
     }
 }
 
@@ -582,43 +601,28 @@ impl HttpBackend {
 /// HTTP keep-alive clients: each sends `per_connection` requests on one
 /// connection, then opens a new one, until stopped; every failure counts.
 pub struct KeepAlive {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Workers,
     pub requests: Arc<AtomicUsize>,
 }
 
 impl KeepAlive {
     pub fn start(addr: SocketAddr, workers: usize, per_connection: usize) -> KeepAlive {
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pool = Workers::default();
         let requests = Arc::new(AtomicUsize::new(0));
-        let threads = (0..workers)
-            .map(|_| {
-                let (stop, errors, requests) = (stop.clone(), errors.clone(), requests.clone());
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Err(e) = keep_alive_session(addr, per_connection, &requests) {
-                            errors.lock().unwrap().push(format!("keep-alive: {e}"));
-                        }
-                    }
-                })
-            })
-            .collect();
+        for _ in 0..workers {
+            let requests = requests.clone();
+            pool.spawn("keep-alive".into(), move |_| {
+                keep_alive_session(addr, per_connection, &requests)
+            });
+        }
         KeepAlive {
-            stop,
-            threads,
-            errors,
+            workers: pool,
             requests,
         }
     }
 
     pub fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        self.errors.lock().unwrap().clone()
+        self.workers.finish()
     }
 }
 
@@ -737,4 +741,11 @@ impl Notify {
         let n = self.socket.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).to_string()
     }
+}
+
+/// Sends SIGTERM to `pid` (a process this test started, directly or as a
+/// successor) and waits until it is gone.
+pub fn stop_pid(pid: i32) {
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until(Duration::from_secs(20), "process stops", || !pid_alive(pid));
 }
