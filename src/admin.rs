@@ -22,7 +22,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, Lifecycle};
+use crate::proxy::Proxy;
+use crate::state::State;
+use crate::status::StatusSource;
+
+/// What admin reads: the metrics, the published state, the status. Never
+/// the app.
+#[derive(Clone)]
+pub struct AdminContext {
+    pub proxy: Arc<Proxy>,
+    pub state: tokio::sync::watch::Receiver<State>,
+    pub status: Arc<dyn StatusSource>,
+}
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long open admin connections get to finish when the server stops.
@@ -30,7 +41,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves until `stop` fires, then lets open requests finish (bounded) and
 /// closes idle keep-alive connections.
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, context: AdminContext, stop: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -47,10 +58,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                 }
             },
         };
-        let app = app.clone();
+        let context = context.clone();
         let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(answer(&app, &req)) }
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(answer(&context, &req)) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -63,7 +74,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
 }
 
-fn answer(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(context: &AdminContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status") {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -77,7 +88,7 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match path {
         "/metrics" => {
-            let body = app.encode_metrics();
+            let body = context.proxy.metrics.encode();
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -86,15 +97,15 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             response
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match app.lifecycle() {
-            Lifecycle::Ready => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match *context.state.borrow() {
+            state if state.accepting() => text(StatusCode::OK, "ready\n"),
             other => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("{}\n", other.as_str()),
             ),
         },
         _ => {
-            let body = serde_json::to_vec_pretty(&app.status())
+            let body = serde_json::to_vec_pretty(&context.status.status())
                 .expect("status serializes: it holds only strings and numbers");
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(

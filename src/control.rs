@@ -14,21 +14,20 @@
 //! ```
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::stat::{Mode, umask};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::status::Status;
-use crate::upgrade::predecessor::UpgradeReport;
-use crate::upgrade::wire::DrainReport;
+use crate::upgrade::wire::{DrainReport, UpgradeReport};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// A request line longer than this is refused: the socket is local, but a
@@ -62,6 +61,10 @@ pub enum Command {
         pid: u32,
         #[serde(default)]
         error: Option<String>,
+        /// The hand-over format the successor speaks; absent before
+        /// version 2.
+        #[serde(default)]
+        handover_version: Option<u32>,
     },
     /// From a draining predecessor, once a second on one connection.
     DrainReport(DrainReport),
@@ -123,8 +126,39 @@ pub enum ControlError {
     Protocol { path: PathBuf, message: String },
 }
 
-/// Binds the control socket. A live baton answering on `path` is an error;
-/// a socket file nobody answers on is stale and replaced.
+/// What the control socket hands to the process's owner: every request
+/// goes there, answered on `reply` (one dispatcher).
+#[derive(Debug)]
+pub enum Message {
+    /// `status`, `reload`, `upgrade`.
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Response>,
+    },
+    /// A successor started from outside asks for the sockets; the rest of
+    /// `stream` is the hand-over protocol.
+    Handover {
+        stream: UnixStream,
+        /// The kernel's word for who asks (`SO_PEERCRED`), not the request's.
+        peer: u32,
+        version: u32,
+        error: Option<String>,
+    },
+    /// A draining predecessor's report; `reply` says whether it was taken
+    /// (false: find the process that accepts now).
+    DrainReport {
+        report: DrainReport,
+        peer: u32,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The report connection of `pid` closed: it exited (or died).
+    DrainEnded { pid: u32 },
+}
+
+/// Binds the control socket with a restrictive umask (never briefly
+/// world-accessible) in a folder created 0700 if missing. A live baton
+/// answering on `path` is an error; a socket is stale (and replaced) only
+/// when connecting to it is refused.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_path_buf(),
@@ -136,31 +170,54 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlErro
                 path: path.to_path_buf(),
             });
         }
-        match request(path, &Command::Status, Duration::from_secs(2)) {
-            Ok(response) => {
-                let pid = response.status.map_or(0, |s| s.pid);
+        match StdUnixStream::connect(path) {
+            Ok(stream) => {
+                let pid = nix::sys::socket::getsockopt(
+                    &stream,
+                    nix::sys::socket::sockopt::PeerCredentials,
+                )
+                .map_or(0, |c| c.pid() as u32);
                 return Err(ControlError::Running {
                     pid,
                     path: path.to_path_buf(),
                 });
             }
-            Err(_) => {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!(path = %path.display(), "replacing a stale control socket");
                 std::fs::remove_file(path).map_err(io_err)?;
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
         }
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    // The socket file is created by bind(2) with the umask applied: 0600
+    // from its first instant.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(io_err)?;
     listener.set_nonblocking(true).map_err(io_err)?;
     Ok(listener)
 }
 
-/// Answers control requests until `stop` fires.
-pub async fn serve(listener: UnixListener, app: Arc<App>, stop: CancellationToken) {
+/// Whether a peer may talk to us: our own uid, or root.
+fn trusted(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Answers control connections until `stop` fires; every request becomes a
+/// [`Message`] to `to`.
+pub async fn serve(listener: UnixListener, to: mpsc::Sender<Message>, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -173,25 +230,49 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, stop: CancellationToke
                 }
             },
         };
-        let app = app.clone();
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (c.uid(), c.pid().unwrap_or(0).max(0) as u32),
+            Err(e) => {
+                tracing::warn!(error = %e, "control peer without credentials; closed");
+                continue;
+            }
+        };
+        if !trusted(uid) {
+            tracing::warn!(uid, pid, "control connection from another user refused");
+            let mut stream = stream;
+            let refusal = line(&Response::error(
+                "permission denied: only baton's own user or root may use this socket",
+            ));
+            tokio::spawn(async move {
+                let _ = stream.write_all(&refusal).await;
+            });
+            continue;
+        }
+        let to = to.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, app).await {
+            if let Err(e) = connection(stream, pid, to).await {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, app: Arc<App>) -> io::Result<()> {
+fn line(response: &Response) -> Vec<u8> {
+    let mut out = serde_json::to_vec(response).expect("responses always serialize");
+    out.push(b'\n');
+    out
+}
+
+async fn connection(stream: UnixStream, peer: u32, to: mpsc::Sender<Message>) -> io::Result<()> {
     let mut lines = tokio::io::BufReader::new(stream);
-    let mut line = String::new();
+    let mut text = String::new();
     // The pid of a draining predecessor that reports on this connection.
     let mut reporter: Option<u32> = None;
     let result = loop {
-        line.clear();
+        text.clear();
         let n = match (&mut lines)
             .take(MAX_LINE as u64)
-            .read_line(&mut line)
+            .read_line(&mut text)
             .await
         {
             Ok(n) => n,
@@ -200,56 +281,84 @@ async fn connection(stream: UnixStream, app: Arc<App>) -> io::Result<()> {
         if n == 0 {
             break Ok(());
         }
-        let response = match serde_json::from_str::<Request>(line.trim()) {
+        let response = match serde_json::from_str::<Request>(text.trim()) {
             Ok(request) if request.v != PROTOCOL_VERSION => Response::error(format!(
                 "control protocol version {} is not supported (this baton speaks {PROTOCOL_VERSION})",
                 request.v
             )),
             Ok(Request {
-                command: Command::Handover { pid, error },
+                command:
+                    Command::Handover {
+                        pid,
+                        error,
+                        handover_version,
+                    },
                 ..
             }) => {
-                // The kernel's word for who is asking, not the request's: a
-                // rollback signals this pid.
-                let peer = lines.get_ref().peer_cred().ok().and_then(|c| c.pid());
-                let Some(peer) = peer.map(|p| p as u32) else {
+                if peer == 0 {
+                    // Another pid namespace: we could not tell who it is.
+                    Response::error("hand-over refused: the peer's pid is not visible here")
+                } else {
+                    if peer != pid {
+                        tracing::warn!(
+                            claimed = pid,
+                            peer,
+                            "hand-over request names another pid; using the peer's"
+                        );
+                    }
+                    // The rest of this connection is the hand-over protocol.
+                    let _ = to
+                        .send(Message::Handover {
+                            stream: lines.into_inner(),
+                            peer,
+                            version: handover_version.unwrap_or(1),
+                            error,
+                        })
+                        .await;
                     return Ok(());
-                };
-                if peer != pid {
-                    tracing::warn!(
-                        claimed = pid,
-                        peer,
-                        "hand-over request names another pid; using the peer's"
-                    );
                 }
-                // The rest of this connection is the hand-over protocol.
-                app.hand_over(lines.into_inner(), peer, error).await;
-                return Ok(());
             }
             Ok(Request {
                 command: Command::DrainReport(report),
                 ..
             }) => {
-                reporter = Some(report.pid);
-                if app.record_drain(report) {
-                    Response::ok()
-                } else {
-                    // We no longer accept: the reporter should find the
-                    // process that does.
+                let pid = report.pid;
+                let (reply, taken) = oneshot::channel();
+                let message = Message::DrainReport {
+                    report,
+                    peer,
+                    reply,
+                };
+                if to.send(message).await.is_err() || !taken.await.unwrap_or(false) {
+                    // Not taken here: the reporter finds the process that
+                    // accepts now (or its report was bad).
                     break Ok(());
                 }
+                reporter = Some(pid);
+                Response::ok()
             }
-            Ok(request) => app.clone().control(request.command).await,
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                let message = Message::Command {
+                    command: request.command,
+                    reply,
+                };
+                if to.send(message).await.is_err() {
+                    Response::error("this process is stopping")
+                } else {
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Response::error("this process is stopping"))
+                }
+            }
             Err(e) => Response::error(format!("bad request: {e}")),
         };
-        let mut out = serde_json::to_vec(&response).expect("responses always serialize");
-        out.push(b'\n');
-        if let Err(e) = lines.get_mut().write_all(&out).await {
+        if let Err(e) = lines.get_mut().write_all(&line(&response)).await {
             break Err(e);
         }
     };
     if let Some(pid) = reporter {
-        app.drain_ended(pid);
+        let _ = to.send(Message::DrainEnded { pid }).await;
     }
     result
 }

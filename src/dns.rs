@@ -7,26 +7,37 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::{App, Lifecycle};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Config, resolve};
-use crate::proxy::route::Snapshot;
+use crate::proxy::Proxy;
 
 /// How often the loop wakes when no cluster names a backend by DNS name.
 const IDLE_TICK: Duration = Duration::from_secs(30);
 
-pub async fn refresh_loop(app: Arc<App>) {
+/// One lookup's answer: cluster, backend as written, addresses or error.
+pub type Lookup = (String, String, Result<Vec<SocketAddr>, String>);
+
+/// Looks up every due backend name off the runtime's workers and sends the
+/// answers to `to`, whose owner applies them (serialised with reloads),
+/// until `stop`.
+pub async fn refresh_loop(
+    proxy: Arc<Proxy>,
+    to: mpsc::Sender<Vec<Lookup>>,
+    stop: CancellationToken,
+) {
     let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
-        let config = app.proxy.snapshot.load().config.clone();
+        let config = proxy.snapshot.load().config.clone();
         let tick = named_clusters(&config)
             .map(|c| c.resolve_interval)
             .min()
             .unwrap_or(IDLE_TICK)
             .min(IDLE_TICK);
-        tokio::time::sleep(tick).await;
-        if app.lifecycle() == Lifecycle::Draining {
-            // The process that accepts now keeps the addresses current.
-            return;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
         let due: Vec<(String, String)> = named_clusters(&config)
@@ -57,46 +68,39 @@ pub async fn refresh_loop(app: Arc<App>) {
         })
         .await
         .unwrap_or_default();
-
-        // Serialised with reloads, and applied to whatever config is live now.
-        let _one_at_a_time = app.reload_lock.lock().await;
-        let current = app.proxy.snapshot.load_full();
-        let mut next = (*current.config).clone();
-        let mut changed = false;
-        for (cluster, address, answer) in lookups {
-            let Some(backend) = next
-                .clusters
-                .iter_mut()
-                .find(|c| c.name == cluster)
-                .and_then(|c| c.backends.iter_mut().find(|b| b.address == address))
-            else {
-                continue;
-            };
-            match answer {
-                Ok(addrs) if addrs != backend.resolved => {
-                    tracing::info!(cluster, backend = address, from = ?backend.resolved, to = ?addrs, "backend name resolves to new addresses");
-                    backend.resolved = addrs;
-                    changed = true;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(cluster, backend = address, error = e, kept = ?backend.resolved, "backend name lookup failed; keeping the last addresses")
-                }
-            }
+        if to.send(lookups).await.is_err() {
+            return;
         }
-        if changed {
-            let snapshot = Snapshot::build(
-                Arc::new(next),
-                current.generation,
-                &app.backend_states,
-                &app.proxy.metrics,
-            );
-            match snapshot {
-                Ok(snapshot) => app.install(Arc::new(snapshot)),
-                Err(e) => tracing::error!(error = e, "cannot apply new backend addresses"),
+    }
+}
+
+/// `config` with the new answers, or `None` if no address changed. A failed
+/// lookup keeps the last addresses.
+pub fn apply(config: &Config, lookups: Vec<Lookup>) -> Option<Config> {
+    let mut next = config.clone();
+    let mut changed = false;
+    for (cluster, address, answer) in lookups {
+        let Some(backend) = next
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == cluster)
+            .and_then(|c| c.backends.iter_mut().find(|b| b.address == address))
+        else {
+            continue;
+        };
+        match answer {
+            Ok(addrs) if addrs != backend.resolved => {
+                tracing::info!(cluster, backend = address, from = ?backend.resolved, to = ?addrs, "backend name resolves to new addresses");
+                backend.resolved = addrs;
+                changed = true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(cluster, backend = address, error = e, kept = ?backend.resolved, "backend name lookup failed; keeping the last addresses")
             }
         }
     }
+    changed.then_some(next)
 }
 
 fn named_clusters(config: &Config) -> impl Iterator<Item = &crate::config::ClusterConfig> {

@@ -20,10 +20,12 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod reload;
+pub mod state;
 pub mod status;
 pub mod systemd;
 pub mod tls;
 pub mod upgrade;
 
-pub use app::{RunOptions, run};
+pub use app::{RunOptions, Start, run};

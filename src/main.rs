@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use baton::app::RunOptions;
+use baton::app::{RunOptions, Start};
 use baton::config::{self, Config};
 use baton::control::{self, Command as ControlCommand};
 use baton::logging::{self, LogFormat};
@@ -136,9 +136,15 @@ fn run(path: &Path, log_format: LogFormat, upgrade: bool) -> ExitCode {
     let options = RunOptions {
         exe: own_path(),
         log_format,
-        upgrade,
+        signals: true,
     };
-    match runtime.block_on(baton::run(config, options)) {
+    let start = if upgrade {
+        Start::Successor
+    } else {
+        Start::Fresh(baton::upgrade::Inherited::from_systemd())
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    match runtime.block_on(baton::run(config, start, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

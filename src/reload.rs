@@ -3,16 +3,14 @@
 //! store. A config that fails any step changes nothing.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use tokio::sync::MutexGuard;
-
-use crate::app::App;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigDiff, ConfigError};
 use crate::control::ReloadReport;
+use crate::proxy::Proxy;
 use crate::proxy::listener::bind;
-use crate::proxy::route::Snapshot;
-use crate::systemd;
+use crate::proxy::route::{BackendStates, Snapshot};
+use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -24,71 +22,42 @@ pub enum ReloadError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("config refused, nothing changed: {0}")]
+    Snapshot(String),
+    #[error("config refused, nothing changed: listener {name} cannot be shared: {source}")]
+    Share {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("reload failed: {0}")]
     Internal(String),
 }
 
-impl App {
-    /// Runs one reload; the caller holds the reload lock.
-    pub(crate) async fn reload_locked(
-        self: &Arc<Self>,
-        dry_run: bool,
-        _one_at_a_time: MutexGuard<'_, ()>,
-    ) -> Result<ReloadReport, ReloadError> {
-        let started = Instant::now();
-        if dry_run {
-            return self.apply(true, started).await;
-        }
-        systemd::reloading();
-        let metrics = &self.proxy.metrics;
-        let result = self.apply(false, started).await;
-        metrics
-            .config_reload_duration
-            .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(report) => {
-                metrics.config_reloads.with_label_values(&["success"]).inc();
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                metrics.config_last_reload_success.set(now);
-                tracing::info!(generation = report.config_generation, changes = %report.changes.join("; "), "config reloaded");
-                systemd::reloaded(&format!("config generation {}", report.config_generation));
-            }
-            Err(e) => {
-                metrics.config_reloads.with_label_values(&["failure"]).inc();
-                tracing::error!("{e}");
-                systemd::reloaded("last reload failed; the previous config still serves");
-            }
-        }
-        result
-    }
+/// A new config read, validated and bound, not yet live.
+pub struct Prepared {
+    pub started: Instant,
+    pub dry_run: bool,
+    old: Arc<Snapshot>,
+    new: Config,
+    diff: ConfigDiff,
+    /// Sockets of listeners that are new or moved, bound.
+    bound: Vec<(String, std::net::TcpListener)>,
+    admin: Option<std::net::TcpListener>,
+}
 
-    async fn apply(
-        self: &Arc<Self>,
-        dry_run: bool,
-        started: Instant,
-    ) -> Result<ReloadReport, ReloadError> {
-        let old = self.proxy.snapshot.load_full();
-        let path = old.config.path.clone();
-        // Validation resolves DNS names: keep it off the runtime's workers.
-        let new = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| ReloadError::Internal(e.to_string()))??;
-        let diff = config::diff(&old.config, &new);
-        let generation = old.generation + 1;
-        let report = |generation| ReloadReport {
-            config_generation: generation,
-            dry_run,
-            changes: diff.lines(),
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        };
-        if dry_run {
-            return Ok(report(old.generation));
-        }
-
-        // Bind everything new before changing anything.
-        let mut sockets = Vec::new();
+/// Reads the config file again and validates it as `baton check` does,
+/// then binds every address that is new: everything that can fail, before
+/// anything changes. Runs off the owner's task (DNS lookups block).
+pub async fn prepare(old: Arc<Snapshot>, dry_run: bool) -> Result<Prepared, ReloadError> {
+    let started = Instant::now();
+    let path = old.config.path.clone();
+    let new = tokio::task::spawn_blocking(move || Config::load(&path))
+        .await
+        .map_err(|e| ReloadError::Internal(e.to_string()))??;
+    let diff = config::diff(&old.config, &new);
+    let mut bound = Vec::new();
+    let mut admin = None;
+    if !dry_run {
         for (i, l) in new.listeners.iter().enumerate() {
             let is_new =
                 diff.listeners_added.contains(&l.name) || diff.listeners_moved.contains(&l.name);
@@ -98,76 +67,111 @@ impl App {
                     addr: l.listen,
                     source,
                 })?;
-                sockets.push((l.name.clone(), socket));
+                bound.push((l.name.clone(), socket));
             }
         }
-        for (from, to) in &diff.listeners_renamed {
-            let listeners = self
-                .listeners
-                .lock()
-                .expect("listener lock is never poisoned");
-            let socket = listeners
-                .get(from)
-                .ok_or_else(|| ReloadError::Internal(format!("listener {from} is not running")))?
-                .socket
-                .try_clone()
-                .map_err(|e| ReloadError::Internal(format!("cannot share listener {from}: {e}")))?;
-            sockets.push((to.clone(), socket));
-        }
-        let admin_socket = if diff.admin_moved {
-            Some(bind(new.admin_listen).map_err(|source| ReloadError::Bind {
+        if diff.admin_moved {
+            admin = Some(bind(new.admin_listen).map_err(|source| ReloadError::Bind {
                 key: "admin.listen".into(),
                 addr: new.admin_listen,
                 source,
-            })?)
-        } else {
-            None
-        };
-
-        let metrics = &self.proxy.metrics;
-        let new = Arc::new(new);
-        let snapshot = Snapshot::build(new.clone(), generation, &self.backend_states, metrics)
-            .map_err(ReloadError::Internal)?;
-        // The swap: from here on every new connection sees the new config.
-        metrics.declare(&new);
-        self.install(Arc::new(snapshot));
-        metrics.config_generation.set(generation as i64);
-
-        for (name, socket) in sockets {
-            self.start_listener(&name, socket)
-                .map_err(|e| ReloadError::Internal(format!("listener {name}: {e}")))?;
+            })?);
         }
-        {
-            let mut listeners = self
-                .listeners
-                .lock()
-                .expect("listener lock is never poisoned");
-            for name in &diff.listeners_removed {
-                if let Some(l) = listeners.remove(name) {
-                    l.stop(false);
-                }
-            }
-            for (from, _) in &diff.listeners_renamed {
-                // The renamed loop shares the socket and serves the queue.
-                if let Some(l) = listeners.remove(from) {
-                    l.stop(true);
-                }
-            }
-        }
-        if let Some(socket) = admin_socket {
-            self.start_admin(socket)
-                .map_err(|e| ReloadError::Internal(format!("admin: {e}")))?;
-        }
-        for gone in &diff.backends_removed {
-            if let Some((cluster, address)) = gone.split_once('/') {
-                metrics.forget_backend(cluster, address);
-            }
-        }
-        for cluster in &diff.clusters_removed {
-            for b in old.config.cluster(cluster).map_or(&[][..], |c| &c.backends) {
-                metrics.forget_backend(cluster, &b.address);
-            }
-        }
-        Ok(report(generation))
     }
+    Ok(Prepared {
+        started,
+        dry_run,
+        old,
+        new,
+        diff,
+        bound,
+        admin,
+    })
+}
+
+/// What `commit` leaves for the owner: a moved admin socket to serve.
+pub struct Committed {
+    pub report: ReloadReport,
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// Makes a prepared config live: builds the snapshot (the last step that
+/// can refuse), then one swap, then the listener changes.
+pub fn commit(
+    prepared: Prepared,
+    proxy: &Proxy,
+    states: &BackendStates,
+    registry: &mut Registry,
+) -> Result<Committed, ReloadError> {
+    let Prepared {
+        started,
+        dry_run,
+        old,
+        new,
+        diff,
+        mut bound,
+        admin,
+    } = prepared;
+    let report = |generation| ReloadReport {
+        config_generation: generation,
+        dry_run,
+        changes: diff.lines(),
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    if dry_run {
+        return Ok(Committed {
+            report: report(old.generation),
+            snapshot: None,
+            admin: None,
+        });
+    }
+    let generation = old.generation + 1;
+    for (from, to) in &diff.listeners_renamed {
+        let socket = registry
+            .share(from)
+            .ok_or_else(|| ReloadError::Internal(format!("listener {from} is not running")))?
+            .map_err(|source| ReloadError::Share {
+                name: from.clone(),
+                source,
+            })?;
+        bound.push((to.clone(), socket));
+    }
+    let metrics = &proxy.metrics;
+    let new = Arc::new(new);
+    let snapshot =
+        Snapshot::build(new.clone(), generation, states, metrics).map_err(ReloadError::Snapshot)?;
+    let snapshot = Arc::new(snapshot);
+    // The swap: from here on every new connection sees the new config.
+    metrics.declare(&new);
+    proxy.snapshot.store(snapshot.clone());
+    metrics.config_generation.set(generation as i64);
+
+    for (name, socket) in bound {
+        if let Err(e) = registry.start(&name, socket) {
+            tracing::error!(listener = name, error = %e, "cannot accept on a reloaded listener");
+        }
+    }
+    for name in &diff.listeners_removed {
+        registry.remove(name, false);
+    }
+    for (from, _) in &diff.listeners_renamed {
+        // The renamed loop shares the socket and serves the queue.
+        registry.remove(from, true);
+    }
+    for gone in &diff.backends_removed {
+        if let Some((cluster, address)) = gone.split_once('/') {
+            metrics.forget_backend(cluster, address);
+        }
+    }
+    for cluster in &diff.clusters_removed {
+        for b in old.config.cluster(cluster).map_or(&[][..], |c| &c.backends) {
+            metrics.forget_backend(cluster, &b.address);
+        }
+    }
+    Ok(Committed {
+        report: report(generation),
+        snapshot: Some(snapshot),
+        admin,
+    })
 }

@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whoever can tell the process's status (admin holds one of these, not
+/// the app).
+pub trait StatusSource: Send + Sync {
+    fn status(&self) -> Status;
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,

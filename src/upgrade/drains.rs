@@ -1,5 +1,9 @@
 //! Drain reports: a draining predecessor tells the accepting process how far
 //! it is, once a second, and the accepting process exports it.
+//!
+//! Only this lineage's predecessors may report (their pids come with the
+//! hand-over), each only about itself (`SO_PEERCRED` pid = report pid),
+//! and a report is validated before anything of it is stored.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,8 +15,9 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::DrainReport;
-use crate::app::{App, Lifecycle};
 use crate::control::{Command, PROTOCOL_VERSION, Request, Response};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::status::DrainingStatus;
 
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -21,7 +26,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(5);
 
 /// A draining predecessor as the accepting process sees it.
-pub(crate) struct Draining {
+struct Draining {
     generation: u64,
     connections: u64,
     elapsed_seconds: f64,
@@ -30,18 +35,60 @@ pub(crate) struct Draining {
     since: Instant,
 }
 
-/// Draining predecessors by pid.
-pub(crate) type Drains = std::sync::Mutex<BTreeMap<u32, Draining>>;
+/// Draining predecessors by pid: the only pids whose reports are taken.
+#[derive(Default)]
+pub struct Drains {
+    by_pid: BTreeMap<u32, Draining>,
+}
 
-impl App {
-    /// Records a report; `false` when this process no longer accepts, so
-    /// the reporter must find the one that does.
-    pub(crate) fn record_drain(&self, report: DrainReport) -> bool {
-        if matches!(self.lifecycle(), Lifecycle::Draining | Lifecycle::Stopped) {
-            return false;
+/// Why a drain report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("pid {0} is not a draining predecessor of this process")]
+    Unknown(u32),
+    #[error("report for pid {report} sent by pid {peer}")]
+    NotItself { report: u32, peer: u32 },
+    #[error("invalid counts: {0}")]
+    Invalid(String),
+}
+
+impl Drains {
+    /// A predecessor drains from now on, before its first report arrives.
+    pub fn expect(&mut self, pid: u32, generation: u64, metrics: &Metrics) {
+        self.by_pid.entry(pid).or_insert(Draining {
+            generation,
+            connections: 0,
+            elapsed_seconds: 0.0,
+            reporting: false,
+            since: Instant::now(),
+        });
+        metrics.draining_processes.set(self.by_pid.len() as i64);
+    }
+
+    /// Takes a report from `peer`, or says why not (nothing is stored then).
+    pub fn record(
+        &mut self,
+        report: DrainReport,
+        peer: u32,
+        metrics: &Metrics,
+    ) -> Result<(), ReportError> {
+        if peer != report.pid {
+            return Err(ReportError::NotItself {
+                report: report.pid,
+                peer,
+            });
         }
-        let metrics = &self.proxy.metrics;
-        metrics.set_earlier(report.generation, report.counts);
+        let Some(known) = self.by_pid.get_mut(&report.pid) else {
+            return Err(ReportError::Unknown(report.pid));
+        };
+        metrics
+            .validate(&report.counts)
+            .map_err(ReportError::Invalid)?;
+        known.generation = report.generation;
+        known.connections = report.connections;
+        known.elapsed_seconds = report.elapsed_seconds;
+        known.reporting = true;
+        known.since = Instant::now();
         let generation = report.generation.to_string();
         metrics
             .drain_connections_active
@@ -51,95 +98,44 @@ impl App {
             .drain_elapsed
             .with_label_values(&[&generation])
             .set(report.elapsed_seconds);
-        let mut drains = self.drains.lock().expect("drain lock is never poisoned");
-        drains.insert(
-            report.pid,
-            Draining {
-                generation: report.generation,
-                connections: report.connections,
-                elapsed_seconds: report.elapsed_seconds,
-                reporting: true,
-                since: Instant::now(),
-            },
-        );
-        metrics.draining_processes.set(drains.len() as i64);
-        true
-    }
-
-    /// A predecessor that just released its sockets drains from now on,
-    /// before its first report arrives.
-    pub(crate) fn expect_drain(&self, pid: u32, generation: u64) {
-        let mut drains = self.drains.lock().expect("drain lock is never poisoned");
-        drains.entry(pid).or_insert(Draining {
-            generation,
-            connections: 0,
-            elapsed_seconds: 0.0,
-            reporting: false,
-            since: Instant::now(),
-        });
-        self.proxy
-            .metrics
-            .draining_processes
-            .set(drains.len() as i64);
+        metrics.set_live(report.pid, report.generation, report.counts);
+        Ok(())
     }
 
     /// The predecessor's report connection closed: it exited (or died). Its
-    /// drain series go; its last counts stay in the totals.
-    pub(crate) fn drain_ended(&self, pid: u32) {
-        let mut drains = self.drains.lock().expect("drain lock is never poisoned");
-        if let Some(gone) = drains.remove(&pid) {
-            self.forget_drain_series(gone.generation);
+    /// drain series go; its last counts join the earlier sum.
+    pub fn ended(&mut self, pid: u32, metrics: &Metrics) {
+        if let Some(gone) = self.by_pid.remove(&pid) {
+            forget_series(metrics, gone.generation);
+            metrics.fold(pid);
             tracing::info!(
                 pid,
                 generation = gone.generation,
                 "predecessor finished draining"
             );
         }
-        self.proxy
-            .metrics
-            .draining_processes
-            .set(drains.len() as i64);
+        metrics.draining_processes.set(self.by_pid.len() as i64);
     }
 
-    fn forget_drain_series(&self, generation: u64) {
-        let metrics = &self.proxy.metrics;
-        let generation = generation.to_string();
-        let _ = metrics
-            .drain_connections_active
-            .remove_label_values(&[&generation]);
-        let _ = metrics.drain_elapsed.remove_label_values(&[&generation]);
-    }
-
-    /// Drops placeholders nobody claimed.
-    pub(crate) fn sweep_drains(&self) {
-        let mut drains = self.drains.lock().expect("drain lock is never poisoned");
-        let stale: Vec<u32> = drains
+    /// Drops placeholders nobody claimed (the predecessor died first).
+    pub fn sweep(&mut self, metrics: &Metrics) {
+        let stale: Vec<u32> = self
+            .by_pid
             .iter()
             .filter(|(_, d)| !d.reporting && d.since.elapsed() > UNCLAIMED_AFTER)
             .map(|(pid, _)| *pid)
             .collect();
         for pid in stale {
-            if let Some(gone) = drains.remove(&pid) {
-                self.forget_drain_series(gone.generation);
-            }
+            self.ended(pid, metrics);
         }
-        self.proxy
-            .metrics
-            .draining_processes
-            .set(drains.len() as i64);
     }
 
-    pub fn draining_count(&self) -> usize {
-        self.drains
-            .lock()
-            .expect("drain lock is never poisoned")
-            .len()
+    pub fn count(&self) -> usize {
+        self.by_pid.len()
     }
 
-    pub(crate) fn draining_status(&self) -> Vec<DrainingStatus> {
-        self.drains
-            .lock()
-            .expect("drain lock is never poisoned")
+    pub fn status(&self) -> Vec<DrainingStatus> {
+        self.by_pid
             .iter()
             .map(|(pid, d)| DrainingStatus {
                 pid: *pid,
@@ -149,30 +145,39 @@ impl App {
             })
             .collect()
     }
+}
 
-    fn drain_report(&self, started: Instant) -> DrainReport {
-        DrainReport {
-            pid: std::process::id(),
-            generation: self.generation,
-            connections: self.proxy.drain.active() as u64,
-            elapsed_seconds: started.elapsed().as_secs_f64(),
-            counts: self.proxy.metrics.own_counts(),
-        }
+fn forget_series(metrics: &Metrics, generation: u64) {
+    let generation = generation.to_string();
+    let _ = metrics
+        .drain_connections_active
+        .remove_label_values(&[&generation]);
+    let _ = metrics.drain_elapsed.remove_label_values(&[&generation]);
+}
+
+fn report(proxy: &Proxy, generation: u64, started: Instant) -> DrainReport {
+    DrainReport {
+        pid: std::process::id(),
+        generation,
+        connections: proxy.drain.active() as u64,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        counts: proxy.metrics.own_counts(),
     }
 }
 
 /// Runs in a draining predecessor: reports to whoever accepts on the control
 /// socket, reconnecting when that changes, until `stop`; then one final
 /// report.
-pub(crate) async fn report_loop(
-    app: Arc<App>,
+pub async fn report_loop(
+    proxy: Arc<Proxy>,
+    generation: u64,
     control_socket: PathBuf,
     started: Instant,
     stop: CancellationToken,
 ) {
     let mut conn: Option<BufReader<UnixStream>> = None;
     loop {
-        let report = app.drain_report(started);
+        let now = report(&proxy, generation, started);
         if conn.is_none() {
             conn = UnixStream::connect(&control_socket)
                 .await
@@ -180,7 +185,7 @@ pub(crate) async fn report_loop(
                 .map(BufReader::new);
         }
         if let Some(c) = conn.as_mut()
-            && !send_report(c, report).await
+            && !send_report(c, now).await
         {
             conn = None;
         }
@@ -189,15 +194,21 @@ pub(crate) async fn report_loop(
             _ = tokio::time::sleep(REPORT_EVERY) => {}
         }
     }
-    let last = app.drain_report(started);
-    if conn.is_none() {
-        conn = UnixStream::connect(&control_socket)
-            .await
-            .ok()
-            .map(BufReader::new);
-    }
-    if let Some(c) = conn.as_mut() {
-        send_report(c, last).await;
+    // The last one: if the connection we had was refused meanwhile (its
+    // process handed over), find the one that accepts now.
+    for _ in 0..3 {
+        let last = report(&proxy, generation, started);
+        if conn.is_none() {
+            conn = UnixStream::connect(&control_socket)
+                .await
+                .ok()
+                .map(BufReader::new);
+        }
+        let Some(c) = conn.as_mut() else { return };
+        if send_report(c, last).await {
+            return;
+        }
+        conn = None;
     }
 }
 

@@ -22,14 +22,84 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Takes ownership of `fd`, a descriptor this process was handed at start
 /// by systemd (`LISTEN_FDS`).
 ///
-/// The caller must pass each number once, and only numbers that systemd's
-/// protocol says are open and ours.
-pub fn adopt_listen_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: sd_listen_fds(3): descriptors 3..3+LISTEN_FDS are open and
-    // belong to this process when LISTEN_PID is our pid (checked by
-    // `sd_notify::listen_fds`); each is taken exactly once by the caller, so
-    // no other owner closes it.
+/// # Safety
+/// `fd` must be open, owned by nothing else in this process, and passed
+/// here once: sd_listen_fds(3) promises that of descriptors
+/// 3..3+LISTEN_FDS when LISTEN_PID is our pid.
+pub unsafe fn adopt_listen_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller upholds the contract above.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`/`LISTEN_FDNAMES`), by name;
+/// none unless `LISTEN_PID` is our pid.
+pub fn from_systemd() -> Vec<(String, OwnedFd)> {
+    let fds = match sd_notify::listen_fds_with_names() {
+        Ok(fds) => fds.collect::<Vec<_>>(),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed LISTEN_FDS/LISTEN_FDNAMES");
+            return Vec::new();
+        }
+    };
+    fds.into_iter()
+        // SAFETY: `listen_fds_with_names` checked LISTEN_PID and yields each
+        // descriptor of 3..3+LISTEN_FDS once; this is its only caller.
+        .map(|(fd, name)| (name, unsafe { adopt_listen_fd(fd) }))
+        .collect()
+}
+
+/// The environment variable through which a predecessor names the
+/// descriptor of the hand-over connection it made for the successor it
+/// spawned (one end of a socketpair).
+pub const HANDOVER_FD_ENV: &str = "BATON_HANDOVER_FD";
+
+static HANDOVER_FD_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The hand-over connection our predecessor passed when it spawned us, if
+/// it did: taken once, checked to be an open unix stream socket, made
+/// close-on-exec so our own children do not inherit it.
+pub fn handover_fd_from_env() -> Option<OwnedFd> {
+    use nix::sys::stat::{SFlag, fstat};
+    let raw: RawFd = std::env::var(HANDOVER_FD_ENV).ok()?.parse().ok()?;
+    if raw < 3 || HANDOVER_FD_TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the number is only borrowed for the checks below; fstat of a
+    // closed descriptor fails without side effects.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let is_socket = fstat(borrowed)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK);
+    if !is_socket {
+        tracing::warn!(
+            fd = raw,
+            "{HANDOVER_FD_ENV} names no socket; using the control socket"
+        );
+        return None;
+    }
+    // SAFETY: our predecessor opened this descriptor for us alone and named
+    // it in the environment; nothing in this process opened or owns it,
+    // and the flag above lets it be taken once.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(fd)
+}
+
+/// A connected socketpair: ours (close-on-exec), and the child's end with
+/// close-on-exec cleared, so the successor we spawn inherits it under the
+/// same number. Only one successor is spawned at a time, so no other child
+/// can inherit it by accident.
+pub fn handover_pair() -> io::Result<(std::os::unix::net::UnixStream, OwnedFd)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs = OwnedFd::from(theirs);
+    nix::fcntl::fcntl(
+        &theirs,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(io::Error::from)?;
+    Ok((ours, theirs))
 }
 
 /// Sends one frame with `fds` attached.

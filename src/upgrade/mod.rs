@@ -58,9 +58,10 @@
 //! exports its own plus the last report of every earlier generation, summed
 //! by exact label set, so no `_total` goes backwards.
 
+pub mod coordinator;
 pub mod drains;
 pub mod fds;
-pub mod predecessor;
+pub mod handover;
 pub mod successor;
 pub mod wire;
 
@@ -68,8 +69,53 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
+/// The name of the admin listener among handed-over sockets.
+pub const ADMIN_SOCKET_NAME: &str = "admin";
 /// The name of the control socket among handed-over sockets.
 pub const CONTROL_SOCKET_NAME: &str = "control";
+
+/// Why a hand-over did not happen, one variant per step; either side's.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("no running baton answers on {path}: {source}; start without --upgrade")]
+    NoPredecessor {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the hand-over request: {0}")]
+    Request(String),
+    #[error("successor refused its config: {0}")]
+    SuccessorConfig(String),
+    #[error("the running baton refused the hand-over: {0}")]
+    Refused(String),
+    #[error(
+        "hand-over format {theirs} is not supported (this build reads {oldest} to {ours}); nothing was adopted"
+    )]
+    Version { theirs: u32, oldest: u32, ours: u32 },
+    #[error("sending the sockets: {0}")]
+    Sockets(std::io::Error),
+    #[error("successor not ready within upgrade.ready_timeout ({0:?})")]
+    NotReady(std::time::Duration),
+    #[error("successor exited ({0}) before it was ready")]
+    SuccessorExited(String),
+    #[error("successor closed the hand-over connection before {0}")]
+    SuccessorGone(&'static str),
+    #[error("successor failed: {0}")]
+    SuccessorFailed(String),
+    #[error("releasing: {0}")]
+    Release(std::io::Error),
+    #[error("successor did not confirm the take-over within {0:?}")]
+    NotConfirmed(std::time::Duration),
+    #[error("stopped by a signal during the hand-over")]
+    Stopped,
+    #[error("hand-over protocol: {0}")]
+    Protocol(String),
+}
 
 /// Sockets handed to this process, by name, until adopted.
 #[derive(Default)]
@@ -80,16 +126,8 @@ pub struct Inherited {
 impl Inherited {
     /// The sockets systemd passed (none unless `LISTEN_PID` is our pid).
     pub fn from_systemd() -> Inherited {
-        let fds = match sd_notify::listen_fds_with_names() {
-            Ok(fds) => fds.collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring malformed LISTEN_FDS/LISTEN_FDNAMES");
-                Vec::new()
-            }
-        };
         let mut sockets = HashMap::new();
-        for (fd, name) in fds {
-            let owned = fds::adopt_listen_fd(fd);
+        for (name, owned) in fds::from_systemd() {
             if sockets.insert(name.clone(), owned).is_some() {
                 tracing::warn!(
                     name,

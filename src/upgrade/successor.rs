@@ -1,5 +1,5 @@
 //! The successor's side of an upgrade: ask the running process for its
-//! sockets, report ready, and learn when it has let go.
+//! sockets, report ready, learn when it has let go, confirm the take-over.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -8,27 +8,11 @@ use std::path::Path;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use super::Inherited;
-use super::fds::recv_frame;
+use super::fds::{handover_fd_from_env, recv_frame};
 use super::wire::{FromSuccessor, HANDOVER_VERSION, Header, OLDEST_HANDOVER_VERSION, ToSuccessor};
+use super::{HandoverError, Inherited};
 use crate::control::{Command, PROTOCOL_VERSION, Request};
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error("no running baton answers on {path}: {source}; start without --upgrade")]
-    NoPredecessor {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the running baton refused the hand-over: {0}")]
-    Refused(String),
-    #[error(
-        "hand-over format {theirs} is not supported (this build reads {oldest} to {ours}); nothing was adopted"
-    )]
-    Version { theirs: u32, oldest: u32, ours: u32 },
-    #[error("hand-over failed: {0}")]
-    Protocol(String),
-}
+use crate::metrics::History;
 
 /// The connection to the running process, with what it handed over.
 pub struct Predecessor {
@@ -40,29 +24,43 @@ pub struct Predecessor {
 /// How the predecessor let go.
 #[derive(Debug)]
 pub enum Release {
-    /// It stopped accepting and serving admin.
-    Released,
+    /// It stopped accepting and serving admin; with version 2, everything
+    /// earlier generations counted up to that instant.
+    Released(Option<History>),
     /// It went away (killed mid-hand-over): everything is ours all the same.
     Gone,
     /// It rolled back the upgrade; it will stop us.
     Refused(String),
 }
 
-async fn connect(path: &Path) -> Result<UnixStream, UpgradeError> {
+/// The hand-over connection: the socketpair end our predecessor passed
+/// when it spawned us, else (a supervisor started us) the control socket.
+async fn connect(path: &Path) -> Result<UnixStream, HandoverError> {
+    if let Some(fd) = handover_fd_from_env() {
+        let std = std::os::unix::net::UnixStream::from(fd);
+        let stream = std
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(std));
+        match stream {
+            Ok(s) => return Ok(s),
+            Err(e) => tracing::warn!(error = %e, "inherited hand-over connection unusable"),
+        }
+    }
     UnixStream::connect(path)
         .await
-        .map_err(|source| UpgradeError::NoPredecessor {
+        .map_err(|source| HandoverError::NoPredecessor {
             path: path.display().to_string(),
             source,
         })
 }
 
-async fn request(stream: &mut UnixStream, error: Option<String>) -> Result<(), UpgradeError> {
+async fn request(stream: &mut UnixStream, error: Option<String>) -> Result<(), HandoverError> {
     let request = Request {
         v: PROTOCOL_VERSION,
         command: Command::Handover {
             pid: std::process::id(),
             error,
+            handover_version: Some(HANDOVER_VERSION),
         },
     };
     let mut line = serde_json::to_vec(&request).expect("requests serialize");
@@ -70,7 +68,7 @@ async fn request(stream: &mut UnixStream, error: Option<String>) -> Result<(), U
     stream
         .write_all(&line)
         .await
-        .map_err(|e| UpgradeError::Protocol(e.to_string()))
+        .map_err(|e| HandoverError::Request(e.to_string()))
 }
 
 /// Tells the running process that our config is invalid, so it rolls back
@@ -78,20 +76,20 @@ async fn request(stream: &mut UnixStream, error: Option<String>) -> Result<(), U
 pub async fn report_config_error(
     control_socket: &Path,
     reason: String,
-) -> Result<(), UpgradeError> {
+) -> Result<(), HandoverError> {
     let mut stream = connect(control_socket).await?;
     request(&mut stream, Some(reason)).await
 }
 
 /// Asks for the sockets and receives them, all or nothing.
-pub async fn receive(control_socket: &Path) -> Result<Predecessor, UpgradeError> {
+pub async fn receive(control_socket: &Path) -> Result<Predecessor, HandoverError> {
     let mut stream = connect(control_socket).await?;
     request(&mut stream, None).await?;
     let header = match next(&stream).await? {
         (ToSuccessor::Header(h), _) => *h,
-        (ToSuccessor::Refused { reason }, _) => return Err(UpgradeError::Refused(reason)),
+        (ToSuccessor::Refused { reason }, _) => return Err(HandoverError::Refused(reason)),
         (other, _) => {
-            return Err(UpgradeError::Protocol(format!(
+            return Err(HandoverError::Protocol(format!(
                 "expected a header, got {other:?}"
             )));
         }
@@ -101,7 +99,7 @@ pub async fn receive(control_socket: &Path) -> Result<Predecessor, UpgradeError>
         match next(&stream).await? {
             (ToSuccessor::Sockets { names }, fds) => {
                 if names.len() != fds.len() {
-                    return Err(UpgradeError::Protocol(format!(
+                    return Err(HandoverError::Protocol(format!(
                         "{} names but {} descriptors",
                         names.len(),
                         fds.len()
@@ -110,8 +108,8 @@ pub async fn receive(control_socket: &Path) -> Result<Predecessor, UpgradeError>
                 sockets.extend(names.into_iter().zip(fds));
             }
             (ToSuccessor::End, _) => break,
-            (ToSuccessor::Refused { reason }, _) => return Err(UpgradeError::Refused(reason)),
-            (other, _) => return Err(UpgradeError::Protocol(format!("unexpected {other:?}"))),
+            (ToSuccessor::Refused { reason }, _) => return Err(HandoverError::Refused(reason)),
+            (other, _) => return Err(HandoverError::Protocol(format!("unexpected {other:?}"))),
         }
     }
     tracing::info!(
@@ -129,20 +127,20 @@ pub async fn receive(control_socket: &Path) -> Result<Predecessor, UpgradeError>
 
 /// Reads one frame; the header's version is checked before anything else
 /// of it is read, so an unreadable format is refused cleanly.
-async fn next(stream: &UnixStream) -> Result<(ToSuccessor, Vec<OwnedFd>), UpgradeError> {
+async fn next(stream: &UnixStream) -> Result<(ToSuccessor, Vec<OwnedFd>), HandoverError> {
     let (payload, fds) = recv_frame(stream)
         .await
-        .map_err(|e| UpgradeError::Protocol(e.to_string()))?
-        .ok_or_else(|| UpgradeError::Protocol("the running baton closed the connection".into()))?;
+        .map_err(|e| HandoverError::Protocol(e.to_string()))?
+        .ok_or_else(|| HandoverError::Protocol("the running baton closed the connection".into()))?;
     let value: serde_json::Value =
-        serde_json::from_slice(&payload).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+        serde_json::from_slice(&payload).map_err(|e| HandoverError::Protocol(e.to_string()))?;
     if value.get("frame").and_then(|f| f.as_str()) == Some("header") {
         let theirs = value
             .get("handover_version")
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as u32;
         if !(OLDEST_HANDOVER_VERSION..=HANDOVER_VERSION).contains(&theirs) {
-            let error = UpgradeError::Version {
+            let error = HandoverError::Version {
                 theirs,
                 oldest: OLDEST_HANDOVER_VERSION,
                 ours: HANDOVER_VERSION,
@@ -157,7 +155,8 @@ async fn next(stream: &UnixStream) -> Result<(ToSuccessor, Vec<OwnedFd>), Upgrad
             return Err(error);
         }
     }
-    let frame = serde_json::from_value(value).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+    let frame =
+        serde_json::from_value(value).map_err(|e| HandoverError::Protocol(e.to_string()))?;
     Ok((frame, fds))
 }
 
@@ -195,10 +194,18 @@ impl Predecessor {
     /// Waits for the predecessor to let go.
     pub async fn released(&self) -> Release {
         match next(&self.stream).await {
-            Ok((ToSuccessor::Released, _)) => Release::Released,
+            Ok((ToSuccessor::Released { history }, _)) => Release::Released(history),
             Ok((ToSuccessor::Refused { reason }, _)) => Release::Refused(reason),
             Ok((other, _)) => Release::Refused(format!("unexpected {other:?}")),
             Err(_) => Release::Gone,
+        }
+    }
+
+    /// Confirms that we serve everything now, so the predecessor closes its
+    /// sockets (version 2). If it is gone, there is nobody to tell.
+    pub async fn took_over(&self) {
+        if self.header.handover_version >= 2 {
+            let _ = say(&self.stream, &FromSuccessor::TookOver).await;
         }
     }
 }

@@ -4,13 +4,24 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::CounterSnapshot;
+use crate::metrics::{CounterSnapshot, History};
 
-/// The hand-over format this build speaks.
-pub const HANDOVER_VERSION: u32 = 1;
-/// The oldest predecessor format this build still accepts (one older than
-/// the current once the format changes).
+/// The hand-over format this build speaks. Version 2: counter history
+/// folded and sent with `Released`, and the successor confirms the
+/// take-over (`TookOver`) before the predecessor closes its sockets.
+pub const HANDOVER_VERSION: u32 = 2;
+/// The oldest predecessor format this build still accepts.
 pub const OLDEST_HANDOVER_VERSION: u32 = 1;
+
+/// What `baton upgrade` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub old_pid: u32,
+    pub old_generation: u64,
+    pub new_pid: u32,
+    pub new_generation: u64,
+    pub duration_ms: f64,
+}
 
 /// Predecessor → successor frames (length-prefixed JSON, read with recvmsg).
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,8 +35,12 @@ pub enum ToSuccessor {
     /// Every socket was sent.
     End,
     /// The predecessor stopped accepting and serving admin: the successor
-    /// owns everything now.
-    Released,
+    /// owns everything now. `history`: every count of earlier generations
+    /// as of this instant, the predecessor's own included (version 2).
+    Released {
+        #[serde(default)]
+        history: Option<History>,
+    },
     /// The hand-over will not happen (another upgrade runs, the predecessor
     /// drains, or it gave up waiting).
     Refused {
@@ -40,9 +55,15 @@ pub struct Header {
     pub generation: u64,
     pub config_generation: u64,
     pub sockets: Vec<SocketInfo>,
-    /// Own counts of the predecessor and the last report of every earlier
-    /// generation it knew, never summed together.
+    /// Version 1: own counts of the predecessor and the last report of
+    /// every earlier generation it knew.
+    #[serde(default)]
     pub counters: Vec<GenerationCounts>,
+    /// Version 2: what earlier generations counted, the predecessor's own
+    /// counts as one live entry; bounded (see `metrics::history`). Used
+    /// only if the predecessor dies before `Released`.
+    #[serde(default)]
+    pub history: Option<History>,
     pub health: Vec<HealthState>,
     /// Predecessors still draining: (pid, generation). They report to the
     /// new process once it accepts.
@@ -83,6 +104,9 @@ pub enum FromSuccessor {
     Failed {
         reason: String,
     },
+    /// Version 2: the successor got `Released`, and serves admin and
+    /// control; the predecessor may close its sockets.
+    TookOver,
 }
 
 /// A draining process's periodic report to the accepting one.

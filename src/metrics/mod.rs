@@ -2,19 +2,20 @@
 //! path holds pre-resolved handles ([`ListenerMetrics`], [`BackendMetrics`]),
 //! never a label lookup per read.
 
-use std::collections::BTreeMap;
+pub mod history;
+
 use std::sync::Mutex;
 
 use prometheus::core::Collector;
-use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
+pub use history::{CounterSeries, CounterSnapshot, History, SeriesKind};
+use history::{HighWater, Schema};
 
 /// Metric names, as fixed by SPEC.md.
 pub mod names {
@@ -43,6 +44,7 @@ pub mod names {
     pub const DRAIN_FORCED_CLOSES: &str = "baton_drain_forced_closes_total";
     pub const DRAIN_TIMEOUT: &str = "baton_drain_timeout_seconds";
     pub const TLS_CERTIFICATE_EXPIRY: &str = "baton_tls_certificate_expiry_timestamp_seconds";
+    pub const TAKEOVER_ERRORS: &str = "baton_takeover_errors_total";
 }
 
 /// Why a client was closed without being proxied (`reason` label).
@@ -100,9 +102,12 @@ const RELOAD_BUCKETS: [f64; 12] = [
 
 pub struct Metrics {
     registry: Registry,
-    /// The last own counts of every earlier process generation, added to
-    /// ours on export so no `_total` goes backwards across an upgrade.
-    earlier: Mutex<BTreeMap<u64, CounterSnapshot>>,
+    /// What earlier process generations counted, added to ours on export
+    /// so no `_total` goes backwards across an upgrade.
+    history: Mutex<History>,
+    high_water: Mutex<HighWater>,
+    /// The counters and histograms a report from another process may hold.
+    schema: Schema,
     pub process_generation: IntGauge,
     pub config_generation: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -124,6 +129,9 @@ pub struct Metrics {
     pub drain_connections_active: IntGaugeVec,
     pub drain_elapsed: GaugeVec,
     pub drain_forced_closes: IntCounter,
+    /// Steps a successor could not take after its predecessor let go
+    /// (served around, never an exit).
+    pub takeover_errors: IntCounterVec,
     pub drain_timeout: Gauge,
     pub tls_certificate_expiry: GaugeVec,
 }
@@ -187,7 +195,7 @@ impl Metrics {
             .expect("valid metric definition"),
         );
         process_generation.set(generation as i64);
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             process_generation,
             config_generation: register(
                 &r,
@@ -332,9 +340,18 @@ impl Metrics {
                 )
                 .expect("valid metric definition"),
             ),
+            takeover_errors: int_counter_vec(
+                &r,
+                TAKEOVER_ERRORS,
+                "Steps a successor could not take after its predecessor let go (pid_file, admin, control); it serves on",
+                &["step"],
+            ),
             registry: r,
-            earlier: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(History::default()),
+            high_water: Mutex::new(HighWater::default()),
+            schema: Schema::new(),
         };
+        metrics.schema = metrics.build_schema();
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
             metrics.upgrades.with_label_values(&[result]);
@@ -415,11 +432,13 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         let mut families = self.registry.gather();
         {
-            let earlier = self.earlier.lock().expect("metrics lock is never poisoned");
-            for snapshot in earlier.values() {
-                merge(&mut families, snapshot);
-            }
+            let history = self.history.lock().expect("metrics lock is never poisoned");
+            history::merge_into(&mut families, &history);
         }
+        self.high_water
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .hold(&mut families);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         TextEncoder::new()
             .encode(&families, &mut out)
@@ -471,20 +490,80 @@ impl Metrics {
         CounterSnapshot { series }
     }
 
-    /// Records the latest own counts of an earlier generation.
-    pub fn set_earlier(&self, generation: u64, counts: CounterSnapshot) {
-        self.earlier
-            .lock()
-            .expect("metrics lock is never poisoned")
-            .insert(generation, counts);
+    /// Checks a report from another process against our own metric
+    /// definitions before anything of it is stored.
+    pub fn validate(&self, counts: &CounterSnapshot) -> Result<(), String> {
+        history::validate(&self.schema, counts)
     }
 
-    /// Every earlier generation's last counts, for our own successor.
-    pub fn earlier(&self) -> BTreeMap<u64, CounterSnapshot> {
-        self.earlier
+    /// Records the latest counts of a draining predecessor.
+    pub fn set_live(&self, pid: u32, generation: u64, counts: CounterSnapshot) {
+        self.history
             .lock()
             .expect("metrics lock is never poisoned")
-            .clone()
+            .set_live(pid, generation, counts);
+    }
+
+    /// A predecessor exited: its last counts join the earlier sum.
+    pub fn fold(&self, pid: u32) {
+        self.history
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .fold(pid);
+    }
+
+    /// Replaces what we know of earlier generations (a successor, from its
+    /// predecessor's hand-over).
+    pub fn set_history(&self, history: History) {
+        *self.history.lock().expect("metrics lock is never poisoned") = history;
+    }
+
+    /// Everything earlier generations counted plus our own counts as one
+    /// more live predecessor: what our successor must export from its
+    /// first scrape.
+    pub fn hand_on(&self, pid: u32, generation: u64) -> History {
+        let mut history = self
+            .history
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .clone();
+        history.set_live(pid, generation, self.own_counts());
+        history
+    }
+
+    fn build_schema(&self) -> Schema {
+        let counters: [&dyn Collector; 9] = [
+            &self.takeover_errors,
+            &self.config_reloads,
+            &self.upgrades,
+            &self.connections_accepted,
+            &self.connections_rejected,
+            &self.bytes_received,
+            &self.bytes_sent,
+            &self.backend_connect_errors,
+            &self.drain_forced_closes,
+        ];
+        let histograms: [&dyn Collector; 3] = [
+            &self.config_reload_duration,
+            &self.connection_duration,
+            &self.backend_connect_duration,
+        ];
+        let mut schema = Schema::new();
+        for (kind, collectors) in [
+            (SeriesKind::Counter, &counters[..]),
+            (SeriesKind::Histogram, &histograms[..]),
+        ] {
+            for c in collectors {
+                for d in c.desc() {
+                    schema.insert(d.fq_name.clone(), (kind, d.variable_labels.clone()));
+                }
+            }
+        }
+        schema.insert(
+            "process_cpu_seconds_total".into(),
+            (SeriesKind::Counter, Vec::new()),
+        );
+        schema
     }
 }
 
@@ -528,129 +607,6 @@ impl BackendMetrics {
     }
 }
 
-/// Counter and histogram values of one process, by series.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CounterSnapshot {
-    pub series: Vec<CounterSeries>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SeriesKind {
-    Counter,
-    Histogram,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CounterSeries {
-    pub name: String,
-    pub help: String,
-    pub kind: SeriesKind,
-    pub labels: Vec<(String, String)>,
-    /// The counter's value, or the histogram's sum.
-    pub value: f64,
-    /// The histogram's count.
-    #[serde(default)]
-    pub count: u64,
-    /// The histogram's cumulative buckets: (upper bound, count).
-    #[serde(default)]
-    pub buckets: Vec<(f64, u64)>,
-}
-
-fn same_labels(m: &proto::Metric, labels: &[(String, String)]) -> bool {
-    let mine = m.get_label();
-    mine.len() == labels.len()
-        && mine
-            .iter()
-            .all(|l| labels.iter().any(|(k, v)| k == l.name() && v == l.value()))
-}
-
-/// Adds `snapshot` into `families`: to the series with the exact same
-/// labels, or as a series of its own when we have none (a listener or
-/// backend this process no longer has keeps its value).
-fn merge(families: &mut Vec<MetricFamily>, snapshot: &CounterSnapshot) {
-    for s in &snapshot.series {
-        let index = match families.iter().position(|f| f.name() == s.name) {
-            Some(i) => i,
-            None => {
-                let mut f = MetricFamily::default();
-                f.set_name(s.name.clone());
-                f.set_help(s.help.clone());
-                f.set_field_type(match s.kind {
-                    SeriesKind::Counter => MetricType::COUNTER,
-                    SeriesKind::Histogram => MetricType::HISTOGRAM,
-                });
-                families.push(f);
-                families.len() - 1
-            }
-        };
-        let family = &mut families[index];
-        let metrics = family.mut_metric();
-        let metric = match metrics.iter().position(|m| same_labels(m, &s.labels)) {
-            Some(i) => &mut metrics[i],
-            None => {
-                let labels = s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| {
-                        let mut l = proto::LabelPair::default();
-                        l.set_name(k.clone());
-                        l.set_value(v.clone());
-                        l
-                    })
-                    .collect();
-                let mut m = proto::Metric::from_label(labels);
-                if s.kind == SeriesKind::Histogram {
-                    let mut h = proto::Histogram::default();
-                    h.set_bucket(
-                        s.buckets
-                            .iter()
-                            .map(|&(bound, _)| {
-                                let mut b = proto::Bucket::default();
-                                b.set_upper_bound(bound);
-                                b
-                            })
-                            .collect(),
-                    );
-                    m.set_histogram(h);
-                }
-                metrics.push(m);
-                metrics.last_mut().expect("just pushed")
-            }
-        };
-        match s.kind {
-            SeriesKind::Counter => {
-                let mut c = proto::Counter::default();
-                c.set_value(metric.get_counter().get_value() + s.value);
-                metric.set_counter(c);
-            }
-            SeriesKind::Histogram => {
-                let old = metric.get_histogram();
-                let mut h = proto::Histogram::default();
-                h.set_sample_count(old.get_sample_count() + s.count);
-                h.set_sample_sum(old.get_sample_sum() + s.value);
-                h.set_bucket(
-                    old.get_bucket()
-                        .iter()
-                        .map(|b| {
-                            let add = s
-                                .buckets
-                                .iter()
-                                .find(|(bound, _)| *bound == b.upper_bound())
-                                .map_or(0, |(_, c)| *c);
-                            let mut nb = proto::Bucket::default();
-                            nb.set_upper_bound(b.upper_bound());
-                            nb.set_cumulative_count(b.cumulative_count() + add);
-                            nb
-                        })
-                        .collect(),
-                );
-                metric.set_histogram(h);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,7 +620,7 @@ mod tests {
         let new = Metrics::new(1);
         new.listener("web").accepted.inc_by(1);
         new.backend("app", "b:1").connect_duration.observe(0.001);
-        new.set_earlier(0, old.own_counts());
+        new.set_live(1000, 0, old.own_counts());
         let text = String::from_utf8(new.encode()).unwrap();
         assert!(
             text.contains("baton_connections_accepted_total{listener=\"web\"} 6\n"),
