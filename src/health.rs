@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Backend, BackendState};
 use crate::config::HealthCheckConfig;
+use crate::metrics::ConnectErrorReason;
 use crate::proxy::connect::open;
 use crate::proxy::route::{Cluster, Snapshot};
 
@@ -57,10 +58,17 @@ async fn check_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let ok = matches!(
-            tokio::time::timeout(check.timeout, open(&cluster, backend.addr, &[])).await,
-            Ok(Ok(_))
-        );
+        let ok = match tokio::time::timeout(check.timeout, open(&cluster, backend.addr, &[])).await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err((ConnectErrorReason::Local, e))) => {
+                // Our own limit, not the backend's fault: no verdict.
+                tracing::warn!(cluster = cluster_name, backend = %backend.address, error = %e, "health check skipped: local error");
+                delay = check.interval;
+                continue;
+            }
+            _ => false,
+        };
         if let Some(up) = observe(&backend.state, ok, &check) {
             if up {
                 tracing::info!(cluster = cluster_name, backend = %backend.address, addr = %backend.addr, "backend up: health checks pass");

@@ -64,15 +64,19 @@ pub enum ConnectErrorReason {
     Other,
     /// The TLS handshake with the backend failed (verification, protocol).
     Tls,
+    /// This machine's own limit (EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS,
+    /// ENOMEM): never held against the backend's health.
+    Local,
 }
 
 impl ConnectErrorReason {
-    pub const ALL: [ConnectErrorReason; 5] = [
+    pub const ALL: [ConnectErrorReason; 6] = [
         ConnectErrorReason::Refused,
         ConnectErrorReason::Timeout,
         ConnectErrorReason::Unreachable,
         ConnectErrorReason::Other,
         ConnectErrorReason::Tls,
+        ConnectErrorReason::Local,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl ConnectErrorReason {
             ConnectErrorReason::Unreachable => "unreachable",
             ConnectErrorReason::Other => "other",
             ConnectErrorReason::Tls => "tls",
+            ConnectErrorReason::Local => "local",
         }
     }
 }
@@ -596,7 +601,7 @@ impl ListenerMetrics {
 #[derive(Clone)]
 pub struct BackendMetrics {
     pub active: IntGauge,
-    pub connect_errors: [IntCounter; 5],
+    pub connect_errors: [IntCounter; 6],
     pub connect_duration: Histogram,
     pub healthy: IntGauge,
 }

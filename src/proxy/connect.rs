@@ -83,6 +83,13 @@ pub async fn connect<'a>(
         };
         tracing::debug!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, reason = reason.as_str(), "backend connect failed");
         backend.state.metrics.connect_error(reason);
+        if reason == ConnectErrorReason::Local {
+            // Out of descriptors or ports here: another backend would fail
+            // the same way, and this one is not to blame.
+            tracing::warn!(cluster = %cluster.config.name, error = %detail, "backend connect failed for a local reason; backend health unchanged");
+            last = Some((backend, reason, detail));
+            break;
+        }
         if let Some(backoff) = backend.state.connect_failed() {
             tracing::warn!(cluster = %cluster.config.name, backend = %backend.address, addr = %backend.addr, ?backoff, "backend ejected after consecutive connect failures");
             let state = backend.state.clone();
@@ -152,6 +159,13 @@ fn pick(cluster: &Cluster, client: IpAddr, tried: &[usize]) -> Option<usize> {
 }
 
 fn classify(e: &io::Error) -> ConnectErrorReason {
+    use nix::libc::{EADDRNOTAVAIL, EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    if matches!(
+        e.raw_os_error(),
+        Some(EMFILE | ENFILE | EADDRNOTAVAIL | ENOBUFS | ENOMEM)
+    ) {
+        return ConnectErrorReason::Local;
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ConnectErrorReason::Refused,
         io::ErrorKind::TimedOut => ConnectErrorReason::Timeout,

@@ -10,9 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
-use super::connect::{BackendStream, connect};
+use super::connect::{BackendStream, Connected, connect};
 use super::copy::{self, End};
-use super::route::Route;
+use super::route::{Cluster, Route};
 use super::{proxy_protocol, sni};
 use crate::config::ProxyProtocolVersion;
 use crate::metrics::{ListenerMetrics, RejectReason};
@@ -133,8 +133,46 @@ enum ClientStream {
 /// without terminating TLS.
 const SNI_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// PROXY header → TLS or SNI peek → route → connect → copy, then one
-/// access-log line.
+/// Why a connection ended before its copy phase; each step says it once.
+enum Stop {
+    /// Refused for a reason counted on the listener.
+    Rejected,
+    /// `drain.timeout` passed (counted once, here).
+    Forced,
+    /// Already logged (no backend, a failed write).
+    Ended,
+}
+
+/// Runs `step` unless the drain deadline cuts it first.
+async fn unless_forced<T>(
+    force: &CancellationToken,
+    step: impl Future<Output = T>,
+) -> Result<T, Stop> {
+    tokio::select! {
+        out = step => Ok(out),
+        _ = force.cancelled() => Err(Stop::Forced),
+    }
+}
+
+/// The client as the upstream balancer said it is.
+struct Origin {
+    /// What the logs, `hash_source_ip` and a PROXY header onward use.
+    source: SocketAddr,
+    /// The address the client connected to, when a PROXY header said.
+    destination: Option<SocketAddr>,
+}
+
+/// A client after its TLS handshake or SNI peek.
+struct Client {
+    stream: ClientStream,
+    /// Bytes the SNI peek read, to forward first.
+    initial: Vec<u8>,
+    sni: Option<String>,
+}
+
+/// The life of one connection: PROXY header → client TLS or SNI peek →
+/// route → connect → copy, then one access-log line. A forced close is
+/// counted the same at every step.
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -145,83 +183,191 @@ async fn serve(
 ) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
-    let pp = route.listener.proxy_protocol;
-    // The client as the upstream balancer saw it, when it says so; the
-    // destination is looked up (a syscall) only when a PROXY header needs it.
-    let mut source = peer;
-    let mut destination = None;
-    if pp.accept {
-        let header = tokio::select! {
-            // Boxed, like every step only some connections take: the task of
-            // a plain connection stays small for its whole life.
-            h = tokio::time::timeout(pp.timeout, Box::pin(proxy_protocol::read(&mut client))) => h,
-            _ = proxy.drain.force().cancelled() => return,
+    let force = proxy.drain.force();
+    let result = async {
+        let origin = proxy_header(&mut client, peer, listener, route, metrics, force).await?;
+        let client = client_stream(client, &origin, listener, route, metrics, force).await?;
+        let Some(cluster) = route.cluster_for(client.sni.as_deref()) else {
+            metrics.reject(RejectReason::SniNoRoute);
+            tracing::debug!(client = %origin.source, listener, sni = client.sni, "no route for this server name");
+            return Err(Stop::Rejected);
         };
-        match header {
-            Ok(Ok(proxy_protocol::Header::Proxy {
-                source: s,
-                destination: d,
-            })) => {
-                source = s;
-                destination = Some(d);
-            }
-            Ok(Ok(proxy_protocol::Header::Local)) => {}
-            Ok(Err(e)) => {
-                metrics.reject(RejectReason::ProxyProtocol);
-                tracing::debug!(client = %peer, listener, error = %e, "PROXY header refused");
-                return;
-            }
-            Err(_) => {
-                metrics.reject(RejectReason::ProxyProtocol);
-                tracing::debug!(client = %peer, listener, "no PROXY header in time");
-                return;
-            }
+        let backend = connect_backend(&client, &origin, cluster, listener, route, metrics, force).await?;
+        copy_both(client, backend, origin.source, listener, cluster, proxy, metrics, started).await;
+        Ok(())
+    }
+    .await;
+    if let Err(Stop::Forced) = result {
+        proxy.metrics.drain_forced_closes.inc();
+    }
+}
+
+/// Reads the PROXY header when the listener accepts one.
+async fn proxy_header(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    route: &Route,
+    metrics: &ListenerMetrics,
+    force: &CancellationToken,
+) -> Result<Origin, Stop> {
+    let pp = route.listener.proxy_protocol;
+    let mut origin = Origin {
+        source: peer,
+        destination: None,
+    };
+    if !pp.accept {
+        return Ok(origin);
+    }
+    // Boxed, like every step only some connections take: the task of a
+    // plain connection stays small for its whole life.
+    let read = tokio::time::timeout(pp.timeout, Box::pin(proxy_protocol::read(client)));
+    match unless_forced(force, read).await? {
+        Ok(Ok(proxy_protocol::Header::Proxy {
+            source,
+            destination,
+        })) => {
+            origin.source = source;
+            origin.destination = Some(destination);
+        }
+        Ok(Ok(proxy_protocol::Header::Local)) => {}
+        Ok(Err(e)) => {
+            metrics.reject(RejectReason::ProxyProtocol);
+            tracing::debug!(client = %peer, listener, error = %e, "PROXY header refused");
+            return Err(Stop::Rejected);
+        }
+        Err(_) => {
+            metrics.reject(RejectReason::ProxyProtocol);
+            tracing::debug!(client = %peer, listener, "no PROXY header in time");
+            return Err(Stop::Rejected);
         }
     }
+    Ok(origin)
+}
 
-    let mut initial = Vec::new();
-    let mut sni = None;
-    let client = match &route.tls {
+/// Terminates TLS, or peeks at the ClientHello for SNI routing, or
+/// neither.
+async fn client_stream(
+    mut client: TcpStream,
+    origin: &Origin,
+    listener: &str,
+    route: &Route,
+    metrics: &ListenerMetrics,
+    force: &CancellationToken,
+) -> Result<Client, Stop> {
+    match &route.tls {
         Some(tls) => {
             let handshake =
                 tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(client));
-            let result = tokio::select! {
-                r = handshake => r,
-                _ = proxy.drain.force().cancelled() => return,
-            };
-            match result {
+            match unless_forced(force, handshake).await? {
                 Ok(Ok(stream)) => {
-                    sni = stream
+                    let sni = stream
                         .get_ref()
                         .1
                         .server_name()
                         .map(str::to_ascii_lowercase);
-                    ClientStream::Tls(Box::new(stream))
+                    Ok(Client {
+                        stream: ClientStream::Tls(Box::new(stream)),
+                        initial: Vec::new(),
+                        sni,
+                    })
                 }
                 Ok(Err(e)) => {
                     metrics.reject(RejectReason::TlsHandshake);
-                    tracing::debug!(client = %source, listener, error = %e, "TLS handshake failed");
-                    return;
+                    tracing::debug!(client = %origin.source, listener, error = %e, "TLS handshake failed");
+                    Err(Stop::Rejected)
                 }
                 Err(_) => {
                     metrics.reject(RejectReason::TlsHandshake);
-                    tracing::debug!(client = %source, listener, "TLS handshake timed out");
-                    return;
+                    tracing::debug!(client = %origin.source, listener, "TLS handshake timed out");
+                    Err(Stop::Rejected)
                 }
             }
         }
         None if route.peeks_sni() => {
-            let (read, name) = tokio::select! {
-                r = Box::pin(sni::peek(&mut client, SNI_PEEK_TIMEOUT)) => r,
-                _ = proxy.drain.force().cancelled() => return,
-            };
-            initial = read;
-            sni = name.ok().flatten();
-            ClientStream::Plain(client)
+            let (initial, name) =
+                unless_forced(force, Box::pin(sni::peek(&mut client, SNI_PEEK_TIMEOUT))).await?;
+            Ok(Client {
+                stream: ClientStream::Plain(client),
+                initial,
+                sni: name.ok().flatten(),
+            })
         }
-        None => ClientStream::Plain(client),
+        None => Ok(Client {
+            stream: ClientStream::Plain(client),
+            initial: Vec::new(),
+            sni: None,
+        }),
+    }
+}
+
+/// Connects to a backend of `cluster` (the PROXY header onward first), then
+/// forwards what the SNI peek read.
+async fn connect_backend<'c>(
+    client: &Client,
+    origin: &Origin,
+    cluster: &'c Cluster,
+    listener: &str,
+    route: &Route,
+    metrics: &ListenerMetrics,
+    force: &CancellationToken,
+) -> Result<Connected<'c>, Stop> {
+    let preamble = match route.listener.proxy_protocol.send {
+        ProxyProtocolVersion::None => Vec::new(),
+        send => {
+            let destination = origin
+                .destination
+                .or_else(|| client_local_addr(&client.stream))
+                .unwrap_or(route.listener.listen);
+            match send {
+                ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(origin.source, destination),
+                _ => proxy_protocol::encode_v2(origin.source, destination),
+            }
+        }
     };
-    let alpn = match &client {
+    let connected = unless_forced(force, connect(cluster, origin.source.ip(), &preamble)).await?;
+    let mut backend = match connected {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(
+                target: "baton::access",
+                client = %origin.source,
+                listener,
+                cluster = %cluster.config.name,
+                error = %e,
+                "no backend connection; client closed"
+            );
+            return Err(Stop::Ended);
+        }
+    };
+    // What the SNI peek read goes first, untouched.
+    if !client.initial.is_empty() {
+        let written = match &mut backend.stream {
+            BackendStream::Plain(b) => copy::write_all(b, &client.initial).await,
+            BackendStream::Tls(b) => Box::pin(b.write_all(&client.initial)).await,
+        };
+        if written.is_err() {
+            return Err(Stop::Ended);
+        }
+        metrics.bytes_received.inc_by(client.initial.len() as u64);
+    }
+    Ok(backend)
+}
+
+/// Copies both directions until both are done, idle, or cut; then the
+/// connection's one access-log line.
+#[allow(clippy::too_many_arguments)]
+async fn copy_both(
+    client: Client,
+    backend: Connected<'_>,
+    source: SocketAddr,
+    listener: &str,
+    cluster: &Cluster,
+    proxy: &Proxy,
+    metrics: &ListenerMetrics,
+    started: Instant,
+) {
+    let alpn = match &client.stream {
         ClientStream::Tls(s) => s
             .get_ref()
             .1
@@ -229,56 +375,6 @@ async fn serve(
             .map(|p| String::from_utf8_lossy(p).into_owned()),
         ClientStream::Plain(_) => None,
     };
-    let Some(cluster) = route.cluster_for(sni.as_deref()) else {
-        metrics.reject(RejectReason::SniNoRoute);
-        tracing::debug!(client = %source, listener, sni, "no route for this server name");
-        return;
-    };
-
-    let preamble = match pp.send {
-        ProxyProtocolVersion::None => Vec::new(),
-        send => {
-            let destination = destination
-                .or_else(|| client_local_addr(&client))
-                .unwrap_or(route.listener.listen);
-            match send {
-                ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(source, destination),
-                _ => proxy_protocol::encode_v2(source, destination),
-            }
-        }
-    };
-    let connected = tokio::select! {
-        c = connect(cluster, source.ip(), &preamble) => c,
-        _ = proxy.drain.force().cancelled() => {
-            proxy.metrics.drain_forced_closes.inc();
-            return;
-        }
-    };
-    let mut backend = match connected {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(
-                target: "baton::access",
-                client = %source,
-                listener,
-                cluster = %cluster.config.name,
-                error = %e,
-                "no backend connection; client closed"
-            );
-            return;
-        }
-    };
-    // What the SNI peek read goes first, untouched.
-    if !initial.is_empty() {
-        let written = match &mut backend.stream {
-            BackendStream::Plain(b) => copy::write_all(b, &initial).await,
-            BackendStream::Tls(b) => Box::pin(b.write_all(&initial)).await,
-        };
-        if written.is_err() {
-            return;
-        }
-        metrics.bytes_received.inc_by(initial.len() as u64);
-    }
     let idle = cluster.config.idle_timeout;
     let (received, sent, force) = (
         &metrics.bytes_received,
@@ -288,7 +384,7 @@ async fn serve(
     let address = backend.backend.address.clone();
     let addr = backend.backend.addr;
     let _active = backend._active;
-    let (end, bytes) = match (client, backend.stream) {
+    let (end, bytes) = match (client.stream, backend.stream) {
         (ClientStream::Plain(c), BackendStream::Plain(b)) => {
             copy::proxy(&c, &b, idle, received, sent, force).await
         }
@@ -331,7 +427,7 @@ async fn serve(
         duration_ms = duration.as_millis() as u64,
         end = end.as_str(),
         error,
-        sni,
+        sni = client.sni,
         alpn,
         "connection"
     );
