@@ -245,6 +245,13 @@ pub async fn serve(listener: UnixListener, to: mpsc::Sender<Message>, stop: Canc
             ));
             tokio::spawn(async move {
                 let _ = stream.write_all(&refusal).await;
+                // Read what it sent before closing: a unix socket closed with
+                // unread data resets the peer, which would lose the answer.
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 4096];
+                let drain =
+                    async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             });
             continue;
         }

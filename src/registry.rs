@@ -200,15 +200,6 @@ impl Registry {
             .map_or(0, |l| l.active.load(Ordering::Relaxed))
     }
 
-    /// Listeners whose socket is not listening (`SO_ACCEPTCONN`).
-    pub fn not_listening(&self) -> Vec<String> {
-        self.listeners
-            .iter()
-            .filter(|(_, l)| !crate::upgrade::is_listening(&l.socket))
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
     /// Stops every accept loop but keeps our sockets: the successor accepts
     /// from the same kernel sockets, and `resume` can take over again.
     pub fn pause(&mut self) {

@@ -22,7 +22,7 @@ use crate::logging::LogFormat;
 use crate::metrics::{History, Metrics};
 use crate::proxy::Proxy;
 use crate::proxy::route::{BackendStates, Snapshot};
-use crate::registry::Registry;
+use crate::registry::{NamedSockets, Registry};
 use crate::state::{Event, Machine};
 use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status, StatusSource};
 use crate::systemd;
@@ -204,6 +204,12 @@ async fn start_fresh(
     let bound = Registry::adopt_or_bind(&config, &mut inherited);
     inherited.close_rest();
     let (bound, admin) = bound.map_err(|e| cleanup(e.into()))?;
+    // The last step that can fail before the first accept.
+    if let Some(pid_file) = &config.pid_file {
+        write_pid_file(pid_file)
+            .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))
+            .map_err(cleanup)?;
+    }
     {
         let mut registry = shared.registry();
         for (name, socket) in bound {
@@ -213,11 +219,6 @@ async fn start_fresh(
         }
         registry.set_admin(admin);
         registry.set_control(control_socket);
-    }
-    if let Some(pid_file) = &config.pid_file {
-        write_pid_file(pid_file)
-            .with_context(|| format!("pid_file: cannot write {}", pid_file.display()))
-            .map_err(cleanup)?;
     }
     let mut owner = Owner::new(shared.clone(), options, true);
     owner.install(shared.proxy.snapshot.load_full());
@@ -246,17 +247,30 @@ async fn start_successor(
     let mut predecessor = successor::receive(&config.control_socket).await?;
     let header = &predecessor.header;
     let prepared = prepare_successor(&config, header, &mut predecessor.inherited);
-    let (shared, pid_tmp) = match prepared {
+    let (shared, pid_tmp, listeners) = match prepared {
         Ok(p) => p,
         Err(e) => {
             predecessor.failed(format!("{e:#}")).await;
             return Err(e);
         }
     };
-    shared
-        .machine
-        .apply(Event::AcceptingBeside)
-        .expect("a starting successor accepts beside its predecessor");
+    // Accepting starts only now that nothing else can fail: a successor
+    // that accepted and then exited would cut what it accepted.
+    let started = {
+        let mut registry = shared.registry();
+        listeners
+            .into_iter()
+            .try_for_each(|(name, socket)| registry.start(&name, socket))
+    };
+    if let Err(e) = started {
+        predecessor.failed(e.to_string()).await;
+        if let Some(tmp) = &pid_tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+        shared.registry().close_listeners();
+        shared.proxy.drain.drain(config.drain_timeout).await;
+        return Err(e.into());
+    }
     let mut owner = Owner::new(shared.clone(), options, false);
     owner.install(shared.proxy.snapshot.load_full());
     predecessor.ready(shared.generation).await?;
@@ -348,14 +362,14 @@ async fn start_successor(
     Ok(Some(owner))
 }
 
-/// Everything a successor must do that can fail, before it reports ready:
-/// the snapshot, every listener (adopted or bound) accepting, admin and
-/// control sockets, the pid file written to its temporary file.
+/// Everything a successor must do that can fail, before it accepts: the
+/// snapshot, every listener socket (adopted or bound, and listening), admin
+/// and control sockets, the pid file written to its temporary file.
 fn prepare_successor(
     config: &Config,
     header: &Header,
     inherited: &mut Inherited,
-) -> anyhow::Result<(Arc<Shared>, Option<PathBuf>)> {
+) -> anyhow::Result<(Arc<Shared>, Option<PathBuf>, NamedSockets)> {
     let shared = Arc::new(Shared::new(
         config.clone(),
         header.generation + 1,
@@ -366,22 +380,18 @@ fn prepare_successor(
     let control = inherited.take_control(&config.control_socket);
     inherited.close_rest();
     let (bound, admin) = adopted?;
+    let not_listening: Vec<&str> = bound
+        .iter()
+        .filter(|(_, socket)| !crate::upgrade::is_listening(socket))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !not_listening.is_empty() {
+        anyhow::bail!("listeners not listening: {}", not_listening.join(", "));
+    }
     let control = match control {
         Some(s) => s,
         None => control::bind(&config.control_socket)?,
     };
-    {
-        let mut registry = shared.registry();
-        for (name, socket) in bound {
-            registry.start(&name, socket)?;
-        }
-        registry.set_admin(admin);
-        registry.set_control(control);
-        let not_listening = registry.not_listening();
-        if !not_listening.is_empty() {
-            anyhow::bail!("listeners not listening: {}", not_listening.join(", "));
-        }
-    }
     let pid_tmp = match &config.pid_file {
         Some(path) => Some(
             write_pid_tmp(path)
@@ -389,7 +399,12 @@ fn prepare_successor(
         ),
         None => None,
     };
-    Ok((shared, pid_tmp))
+    {
+        let mut registry = shared.registry();
+        registry.set_admin(admin);
+        registry.set_control(control);
+    }
+    Ok((shared, pid_tmp, bound))
 }
 
 /// Counts from the header, for a predecessor that could not send them with

@@ -26,9 +26,7 @@ use crate::status::StatusSource;
 use crate::systemd;
 use crate::upgrade::coordinator::{self, Attempt, Progress, ReleaseOrder};
 use crate::upgrade::handover::{self, HandoverRequest};
-use crate::upgrade::wire::{
-    GenerationCounts, HANDOVER_VERSION, Header, HealthState, SocketInfo, UpgradeReport,
-};
+use crate::upgrade::wire::{HANDOVER_VERSION, Header, HealthState, SocketInfo, UpgradeReport};
 
 /// How the owner's life ended.
 #[derive(Debug)]
@@ -704,23 +702,6 @@ impl Owner {
         let pid = std::process::id();
         let generation = self.shared.generation;
         let history = self.shared.proxy.metrics.hand_on(pid, generation);
-        // Version 1 successors (a downgrade) read `counters`.
-        let mut counters: Vec<GenerationCounts> = history
-            .live
-            .iter()
-            .map(|l| GenerationCounts {
-                generation: l.generation,
-                pid: l.pid,
-                counts: l.counts.clone(),
-            })
-            .collect();
-        if !history.folded.series.is_empty() {
-            counters.push(GenerationCounts {
-                generation: u64::MAX,
-                pid: 0,
-                counts: history.folded.clone(),
-            });
-        }
         let health = snapshot
             .clusters
             .iter()
@@ -749,7 +730,8 @@ impl Owner {
             generation,
             config_generation: snapshot.generation,
             sockets,
-            counters,
+            // Version 1 successors refuse a version 2 header anyway.
+            counters: Vec::new(),
             history: Some(history),
             health,
             draining: self

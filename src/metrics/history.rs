@@ -121,9 +121,19 @@ impl History {
         }
     }
 
-    /// Every snapshot to add to our own counts on export.
-    pub fn snapshots(&self) -> impl Iterator<Item = &CounterSnapshot> {
-        std::iter::once(&self.folded).chain(self.live.iter().map(|l| &l.counts))
+    /// Everything earlier generations counted, summed in one fixed order:
+    /// the folded sum, then each live predecessor from the oldest. Our own
+    /// counts are added to this last, so a successor's first scrape adds
+    /// the same floats in the same order as its predecessor's last one
+    /// (plus its own, which only raises it).
+    pub fn sum(&self) -> CounterSnapshot {
+        let mut sum = self.folded.clone();
+        let mut live: Vec<&LiveCounts> = self.live.iter().collect();
+        live.sort_by_key(|l| l.generation);
+        for l in live {
+            sum.add(&l.counts);
+        }
+        sum
     }
 }
 
@@ -173,6 +183,14 @@ pub(crate) fn validate(schema: &Schema, counts: &CounterSnapshot) -> Result<(), 
 /// Adds every snapshot of `history` into `families` with one index of the
 /// series we have (no scan per series).
 pub(crate) fn merge_into(families: &mut Vec<MetricFamily>, history: &History) {
+    let earlier = history.sum();
+    if earlier.series.is_empty() {
+        return;
+    }
+    // Index only the families a report names (most series are never in
+    // one: zeros are not reported).
+    let wanted: std::collections::HashSet<&str> =
+        earlier.series.iter().map(|s| s.name.as_str()).collect();
     let mut by_name: HashMap<String, usize> = families
         .iter()
         .enumerate()
@@ -180,6 +198,9 @@ pub(crate) fn merge_into(families: &mut Vec<MetricFamily>, history: &History) {
         .collect();
     let mut by_series: HashMap<SeriesKey, (usize, usize)> = HashMap::new();
     for (fi, f) in families.iter().enumerate() {
+        if !wanted.contains(f.name()) {
+            continue;
+        }
         for (mi, m) in f.get_metric().iter().enumerate() {
             let labels: Vec<(String, String)> = m
                 .get_label()
@@ -189,25 +210,23 @@ pub(crate) fn merge_into(families: &mut Vec<MetricFamily>, history: &History) {
             by_series.insert(key_of(f.name(), &labels), (fi, mi));
         }
     }
-    for snapshot in history.snapshots() {
-        for s in &snapshot.series {
-            let key = key_of(&s.name, &s.labels);
-            let (fi, mi) = match by_series.get(&key) {
-                Some(&at) => at,
-                None => {
-                    let fi = *by_name.entry(s.name.clone()).or_insert_with(|| {
-                        families.push(new_family(s));
-                        families.len() - 1
-                    });
-                    let metrics = families[fi].mut_metric();
-                    metrics.push(new_metric(s));
-                    let at = (fi, metrics.len() - 1);
-                    by_series.insert(key, at);
-                    at
-                }
-            };
-            add(&mut families[fi].mut_metric()[mi], s);
-        }
+    for s in &earlier.series {
+        let key = key_of(&s.name, &s.labels);
+        let (fi, mi) = match by_series.get(&key) {
+            Some(&at) => at,
+            None => {
+                let fi = *by_name.entry(s.name.clone()).or_insert_with(|| {
+                    families.push(new_family(s));
+                    families.len() - 1
+                });
+                let metrics = families[fi].mut_metric();
+                metrics.push(new_metric(s));
+                let at = (fi, metrics.len() - 1);
+                by_series.insert(key, at);
+                at
+            }
+        };
+        add(&mut families[fi].mut_metric()[mi], s);
     }
 }
 
@@ -305,20 +324,21 @@ impl HighWater {
             }
             let name = f.name().to_string();
             for m in f.mut_metric().iter_mut() {
-                let labels: Vec<(String, String)> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name().to_string(), l.value().to_string()))
-                    .collect();
                 let value = if kind == MetricType::COUNTER {
                     m.get_counter().get_value()
                 } else {
                     m.get_histogram().get_sample_sum()
                 };
-                if value.fract() == 0.0 && kind == MetricType::COUNTER {
-                    // Integer counts add exactly; only floats need holding.
+                if value.fract() == 0.0 {
+                    // Integer counts and sums (zero included) add exactly;
+                    // only fractions need holding.
                     continue;
                 }
+                let labels: Vec<(String, String)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
                 let seen = self.seen.entry(key_of(&name, &labels)).or_insert(value);
                 if value < *seen {
                     if kind == MetricType::COUNTER {

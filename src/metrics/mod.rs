@@ -477,6 +477,10 @@ impl Metrics {
                     buckets: Vec::new(),
                 };
                 match kind {
+                    // A zero adds nothing: reports and hand-overs carry only
+                    // what was counted.
+                    SeriesKind::Counter if m.get_counter().get_value() == 0.0 => continue,
+                    SeriesKind::Histogram if m.get_histogram().get_sample_count() == 0 => continue,
                     SeriesKind::Counter => s.value = m.get_counter().get_value(),
                     SeriesKind::Histogram => {
                         let h = m.get_histogram();

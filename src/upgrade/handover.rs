@@ -59,7 +59,14 @@ pub async fn send_sockets(
     header: Header,
     sockets: &[(String, OwnedFd)],
 ) -> Result<(), HandoverError> {
-    send(stream, &ToSuccessor::Header(Box::new(header)))
+    let header =
+        serde_json::to_vec(&ToSuccessor::Header(Box::new(header))).expect("frames serialize");
+    tracing::info!(
+        header_bytes = header.len(),
+        sockets = sockets.len(),
+        "sending the sockets"
+    );
+    send_frame(stream, &header, &[])
         .await
         .map_err(HandoverError::Sockets)?;
     for batch in sockets.chunks(MAX_FDS_PER_FRAME) {

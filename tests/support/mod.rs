@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod exposition;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -300,10 +302,25 @@ impl Baton {
 }
 
 impl Drop for Baton {
+    /// Stops the first process and whichever successor serves this test's
+    /// admin address now (a test that panics mid-upgrade must not leave a
+    /// successor holding ports for the rest of the suite).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        for _ in 0..3 {
+            match serving_pid(self.admin) {
+                Some(pid) if pid_alive(pid) => {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while pid_alive(pid) && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                _ => break,
+            }
         }
     }
 }

@@ -1,0 +1,95 @@
+//! Counter history stays bounded: after hundreds of upgrades, memory,
+//! scrape time and the hand-over header are what they were after ten. In a
+//! file of its own so nothing else runs beside it while it measures.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn draining(baton: &Baton) -> Option<f64> {
+    metric_value(
+        &http_get(baton.admin, "/metrics").ok()?.1,
+        "baton_draining_processes",
+    )
+}
+
+/// Median of `n` timed scrapes, in seconds.
+fn scrape_time(baton: &Baton, n: usize) -> f64 {
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let (code, _) = http_get(baton.admin, "/metrics").unwrap();
+            assert_eq!(code, 200);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+fn last_header_bytes(log: &str) -> usize {
+    log.lines()
+        .rev()
+        .filter_map(|l| l.split("header_bytes=").nth(1))
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("the predecessor logs the header size")
+}
+
+#[test]
+fn history_stays_flat_over_200_upgrades_with_2000_backends() {
+    let a = Backend::start("a");
+    let mut config = ConfigBuilder::new(&[&a]);
+    for port in 0..1999u16 {
+        config.backends.push((
+            std::net::SocketAddr::from(([127, 0, 0, 2], 20000 + port)),
+            1,
+        ));
+    }
+    let baton = Baton::start(&config.yaml());
+    let mut pid = baton.pid();
+    // (RSS KiB, scrape seconds, header bytes) of generations 6-10 and
+    // 196-200; their medians are compared (one process alone is noisy).
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for i in 1..=200 {
+        // One connection, so every generation has counts of its own.
+        let _ = connect_named(config.listen);
+        let (ok, out) = baton.ctl(&["upgrade"]);
+        assert!(ok, "upgrade {i}: {out}");
+        pid = wait_new_pid(&baton, pid);
+        wait_until(Duration::from_secs(10), "predecessor folded", || {
+            draining(&baton) == Some(0.0)
+        });
+        if (6..=10).contains(&i) || (196..=200).contains(&i) {
+            let sample = [
+                rss_of(pid) as f64,
+                scrape_time(&baton, 9),
+                last_header_bytes(&baton.log()) as f64,
+            ];
+            if i <= 10 { &mut early } else { &mut late }.push(sample);
+        }
+    }
+    let median = |samples: &[[f64; 3]], k: usize| {
+        let mut v: Vec<f64> = samples.iter().map(|s| s[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (rss, scrape, header) = (median(&early, 0), median(&early, 1), median(&early, 2));
+    let (rss2, scrape2, header2) = (median(&late, 0), median(&late, 1), median(&late, 2));
+    assert!(rss2 <= rss * 1.1, "RSS {rss} KiB -> {rss2} KiB");
+    // Plus 2 ms: a scrape takes tens of ms, and 10% of it is scheduler noise
+    // on two cores.
+    assert!(
+        scrape2 <= scrape * 1.1 + 0.002,
+        "scrape {scrape}s -> {scrape2}s"
+    );
+    assert!(header2 <= header * 1.1, "header {header} B -> {header2} B");
+    let text = http_get(baton.admin, "/metrics").unwrap().1;
+    assert_eq!(
+        metric_value(&text, "baton_connections_accepted_total{listener=\"web\"}"),
+        Some(200.0),
+        "every generation's count kept"
+    );
+    stop_pid(pid);
+}
