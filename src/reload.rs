@@ -23,7 +23,7 @@ pub enum ReloadError {
         source: std::io::Error,
     },
     #[error("config refused, nothing changed: {0}")]
-    Snapshot(String),
+    Snapshot(#[from] crate::proxy::route::SnapshotError),
     #[error("config refused, nothing changed: listener {name} cannot be shared: {source}")]
     Share {
         name: String,

@@ -63,25 +63,80 @@ pub struct BackendTlsConfig {
     pub ca: Option<Vec<Vec<u8>>>,
 }
 
+/// Why TLS material could not be loaded or a TLS config built; the message
+/// names the file or certificate to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not PEM: {detail}")]
+    NotPem { path: String, detail: String },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no usable private key: {detail}")]
+    NoKey { path: String, detail: String },
+    #[error("key {key} does not match certificate {cert}: {detail}")]
+    KeyMismatch {
+        key: String,
+        cert: String,
+        detail: String,
+    },
+    #[error("{path}: cannot parse the certificate: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("{label}: {detail}")]
+    Certificate { label: String, detail: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+    #[error("CA certificate: {0}")]
+    Ca(String),
+    #[error("server_name {name:?}: {detail}")]
+    ServerName { name: String, detail: String },
+}
+
 /// Reads a PEM chain and key; checks that they parse and match. The key may
 /// be PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn load_certificate(base: &Path, cert: &str, key: &str) -> Result<CertificateConfig, String> {
-    let cert_pem = std::fs::read(base.join(cert))
-        .map_err(|e| format!("cannot read certificate {cert}: {e}"))?;
-    let key_pem =
-        std::fs::read(base.join(key)).map_err(|e| format!("cannot read key {key}: {e}"))?;
+pub fn load_certificate(base: &Path, cert: &str, key: &str) -> Result<CertificateConfig, TlsError> {
+    let cert_pem = std::fs::read(base.join(cert)).map_err(|source| TlsError::Read {
+        what: "certificate",
+        path: cert.to_string(),
+        source,
+    })?;
+    let key_pem = std::fs::read(base.join(key)).map_err(|source| TlsError::Read {
+        what: "key",
+        path: key.to_string(),
+        source,
+    })?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{cert} is not a PEM certificate chain: {e:?}"))?;
+        .map_err(|e| TlsError::NotPem {
+            path: cert.to_string(),
+            detail: format!("{e:?}"),
+        })?;
     if chain.is_empty() {
-        return Err(format!("{cert} holds no certificate"));
+        return Err(TlsError::NoCertificate {
+            path: cert.to_string(),
+        });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{key} holds no usable private key: {e:?}"))?;
-    CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
-        .map_err(|e| format!("key {key} does not match certificate {cert}: {e}"))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&chain[0])
-        .map_err(|e| format!("{cert}: cannot parse the certificate: {e}"))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
+        path: key.to_string(),
+        detail: format!("{e:?}"),
+    })?;
+    CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider()).map_err(|e| {
+        TlsError::KeyMismatch {
+            key: key.to_string(),
+            cert: cert.to_string(),
+            detail: e.to_string(),
+        }
+    })?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::Parse {
+            path: cert.to_string(),
+            detail: e.to_string(),
+        })?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -100,13 +155,22 @@ pub fn load_certificate(base: &Path, cert: &str, key: &str) -> Result<Certificat
 }
 
 /// Reads the CA certificates a backend's certificate must chain to.
-pub fn load_ca(base: &Path, ca: &str) -> Result<Vec<Vec<u8>>, String> {
-    let pem = std::fs::read(base.join(ca)).map_err(|e| format!("cannot read CA file {ca}: {e}"))?;
+pub fn load_ca(base: &Path, ca: &str) -> Result<Vec<Vec<u8>>, TlsError> {
+    let pem = std::fs::read(base.join(ca)).map_err(|source| TlsError::Read {
+        what: "CA file",
+        path: ca.to_string(),
+        source,
+    })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{ca} is not PEM: {e:?}"))?;
+        .map_err(|e| TlsError::NotPem {
+            path: ca.to_string(),
+            detail: format!("{e:?}"),
+        })?;
     if certs.is_empty() {
-        return Err(format!("{ca} holds no certificate"));
+        return Err(TlsError::NoCertificate {
+            path: ca.to_string(),
+        });
     }
     Ok(certs.iter().map(|c| c.to_vec()).collect())
 }
@@ -146,7 +210,7 @@ pub struct ListenerTls {
     pub handshake_timeout: Duration,
 }
 
-pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, String> {
+pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let mut resolver = BySni {
         keys: Vec::new(),
@@ -159,10 +223,13 @@ pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, String> {
             .iter()
             .map(|d| CertificateDer::from(d.clone()))
             .collect();
-        let key =
-            PrivateKeyDer::try_from(c.key.0.clone()).map_err(|e| format!("{}: {e}", c.label))?;
-        let certified = CertifiedKey::from_der(chain, key, &provider)
-            .map_err(|e| format!("{}: {e}", c.label))?;
+        let invalid = |detail: String| TlsError::Certificate {
+            label: c.label.clone(),
+            detail,
+        };
+        let key = PrivateKeyDer::try_from(c.key.0.clone()).map_err(|e| invalid(e.to_string()))?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|e| invalid(e.to_string()))?;
         resolver.keys.push(Arc::new(certified));
         for name in &c.names {
             match name.strip_prefix("*.") {
@@ -173,12 +240,13 @@ pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, String> {
     }
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     if config.session_resumption {
         server.session_storage = ServerSessionMemoryCache::new(16 * 1024);
-        server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+        server.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError::Setup(format!("session tickets: {e}")))?;
     } else {
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
@@ -196,25 +264,28 @@ pub struct BackendTls {
     pub server_name: ServerName<'static>,
 }
 
-pub fn backend_tls(config: &BackendTlsConfig) -> Result<BackendTls, String> {
+pub fn backend_tls(config: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
     let mut roots = RootCertStore::empty();
     match &config.ca {
         Some(certs) => {
             for der in certs {
                 roots
                     .add(CertificateDer::from(der.clone()))
-                    .map_err(|e| format!("CA certificate: {e}"))?;
+                    .map_err(|e| TlsError::Ca(e.to_string()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_name = ServerName::try_from(config.server_name.clone())
-        .map_err(|e| format!("server_name {:?}: {e}", config.server_name))?;
+    let server_name =
+        ServerName::try_from(config.server_name.clone()).map_err(|e| TlsError::ServerName {
+            name: config.server_name.clone(),
+            detail: e.to_string(),
+        })?;
     Ok(BackendTls {
         connector: TlsConnector::from(Arc::new(client)),
         server_name,

@@ -478,7 +478,7 @@ impl Owner {
             &self.shared.proxy.metrics,
         ) {
             Ok(snapshot) => self.install(Arc::new(snapshot)),
-            Err(e) => tracing::error!(error = e, "cannot apply new backend addresses"),
+            Err(e) => tracing::error!(error = %e, "cannot apply new backend addresses"),
         }
     }
 

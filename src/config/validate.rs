@@ -255,7 +255,10 @@ impl Validator {
                         }
                         certificates.push(loaded);
                     }
-                    Err(e) => self.problem(&format!("listeners[{i}].tls.certificates[{j}]"), e),
+                    Err(e) => self.problem(
+                        &format!("listeners[{i}].tls.certificates[{j}]"),
+                        e.to_string(),
+                    ),
                 }
             }
             if let Some(alpn) = &t.alpn
@@ -358,7 +361,7 @@ impl Validator {
                     .and_then(|ca| match crate::tls::load_ca(base, ca) {
                         Ok(certs) => Some(certs),
                         Err(e) => {
-                            self.problem(&at("tls.ca"), e);
+                            self.problem(&at("tls.ca"), e.to_string());
                             None
                         }
                     });
@@ -367,7 +370,7 @@ impl Validator {
                 ca,
             };
             if let Err(e) = crate::tls::backend_tls(&config) {
-                self.problem(&at("tls"), e);
+                self.problem(&at("tls"), e.to_string());
             }
             config
         });

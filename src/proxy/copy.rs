@@ -380,3 +380,113 @@ where
     };
     (end, transferred)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn counters() -> (IntCounter, IntCounter) {
+        (
+            IntCounter::new("received", "test").expect("valid"),
+            IntCounter::new("sent", "test").expect("valid"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_stream_keeps_the_other_direction_flowing() {
+        let (mut client, mut client_side) = duplex(64 * 1024);
+        let (mut backend_side, mut backend) = duplex(64 * 1024);
+        let copy = tokio::spawn(async move {
+            let (received, sent) = counters();
+            let force = CancellationToken::new();
+            let out = proxy_streams(
+                &mut client_side,
+                &mut backend_side,
+                Duration::from_secs(60),
+                &received,
+                &sent,
+                &force,
+            )
+            .await;
+            (out, received.get(), sent.get())
+        });
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "the client's FIN reaches the backend");
+        // The backend still answers after the client's half-close.
+        backend.write_all(b"a long answer").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"a long answer");
+        let ((end, bytes), received, sent) = copy.await.unwrap();
+        assert!(matches!(end, End::Closed), "{}", end.as_str());
+        assert_eq!((bytes.received, bytes.sent), (7, 13));
+        assert_eq!((received, sent), (7, 13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_byte_for_the_idle_timeout_ends_the_stream_and_a_byte_resets_it() {
+        let (mut client, mut client_side) = duplex(1024);
+        let (mut backend_side, mut backend) = duplex(1024);
+        let started = tokio::time::Instant::now();
+        let copy = tokio::spawn(async move {
+            let (received, sent) = counters();
+            let force = CancellationToken::new();
+            proxy_streams(
+                &mut client_side,
+                &mut backend_side,
+                Duration::from_secs(30),
+                &received,
+                &sent,
+                &force,
+            )
+            .await
+        });
+        // A byte at 20 s pushes the deadline to 50 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        backend.read_exact(&mut b).await.unwrap();
+        let (end, _) = copy.await.unwrap();
+        assert!(matches!(end, End::IdleTimeout), "{}", end.as_str());
+        let idle = started.elapsed();
+        assert!(
+            idle >= Duration::from_secs(50) && idle < Duration::from_secs(52),
+            "{idle:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_deadline_cuts_a_busy_stream() {
+        let (mut client, mut client_side) = duplex(1024);
+        let (mut backend_side, mut backend) = duplex(1024);
+        let force = CancellationToken::new();
+        let cut = force.clone();
+        let copy = tokio::spawn(async move {
+            let (received, sent) = counters();
+            proxy_streams(
+                &mut client_side,
+                &mut backend_side,
+                Duration::from_secs(3600),
+                &received,
+                &sent,
+                &force,
+            )
+            .await
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        backend.read_exact(&mut b).await.unwrap();
+        cut.cancel();
+        let (end, bytes) = copy.await.unwrap();
+        assert!(matches!(end, End::Forced), "{}", end.as_str());
+        assert_eq!(bytes.received, 4);
+        // Both sides see the stream end.
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+}

@@ -70,13 +70,30 @@ pub struct Cluster {
     pub tls: Option<BackendTls>,
 }
 
+/// Why a routing snapshot could not be built from a checked config.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("clusters.{cluster}.tls: {source}")]
+    ClusterTls {
+        cluster: String,
+        source: crate::tls::TlsError,
+    },
+    #[error("listeners.{listener}: no cluster is named {cluster:?}")]
+    NoCluster { listener: String, cluster: String },
+    #[error("listeners.{listener}.tls: {source}")]
+    ListenerTls {
+        listener: String,
+        source: crate::tls::TlsError,
+    },
+}
+
 impl Snapshot {
     pub fn build(
         config: Arc<Config>,
         generation: u64,
         states: &BackendStates,
         metrics: &Metrics,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, SnapshotError> {
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
@@ -102,7 +119,10 @@ impl Snapshot {
                     .as_ref()
                     .map(backend_tls)
                     .transpose()
-                    .map_err(|e| format!("clusters.{}.tls: {e}", c.name))?;
+                    .map_err(|source| SnapshotError::ClusterTls {
+                        cluster: c.name.clone(),
+                        source,
+                    })?;
                 Ok(Arc::new(Cluster {
                     balancer: new_balancer(c.balance, &backends),
                     config: c.clone(),
@@ -110,7 +130,7 @@ impl Snapshot {
                     tls,
                 }))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SnapshotError>>()?;
         let routes = config
             .listeners
             .iter()
@@ -120,8 +140,9 @@ impl Snapshot {
                         .iter()
                         .find(|c| c.config.name == name)
                         .cloned()
-                        .ok_or_else(|| {
-                            format!("listeners.{}: no cluster is named {name:?}", l.name)
+                        .ok_or_else(|| SnapshotError::NoCluster {
+                            listener: l.name.clone(),
+                            cluster: name.to_string(),
                         })
                 };
                 let cluster = l.cluster.as_deref().map(by_name).transpose()?;
@@ -138,7 +159,10 @@ impl Snapshot {
                     .as_ref()
                     .map(listener_tls)
                     .transpose()
-                    .map_err(|e| format!("listeners.{}.tls: {e}", l.name))?;
+                    .map_err(|source| SnapshotError::ListenerTls {
+                        listener: l.name.clone(),
+                        source,
+                    })?;
                 let route = Route {
                     listener: l.clone(),
                     cluster,
@@ -147,7 +171,7 @@ impl Snapshot {
                 };
                 Ok((l.name.clone(), Arc::new(route)))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SnapshotError>>()?;
         Ok(Snapshot {
             generation,
             config,
