@@ -243,3 +243,62 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
         baton.log()
     );
 }
+
+/// Out of descriptors, connects to the backend fail with EMFILE: that is
+/// this machine's limit, not the backend's fault, so the backend stays
+/// healthy and serves the moment descriptors are free again.
+#[test]
+fn local_connect_errors_never_mark_a_backend_down() {
+    let echo = Backend::echo();
+    let mut config = ConfigBuilder::new(&[&echo]);
+    // No retry, so every local error is one failure in a row (passive
+    // ejection would follow if they counted).
+    config.cluster_extra = "    retries: 0\n".into();
+    let backend = format!("{}", echo.addr);
+    let healthy = format!("baton_backend_healthy{{backend=\"{backend}\",cluster=\"app\"}}");
+    let local = format!(
+        "baton_backend_connect_errors_total{{backend=\"{backend}\",cluster=\"app\",reason=\"local\"}}"
+    );
+    // Each proxied connection takes two descriptors: the connect fails
+    // (rather than the accept) only when an odd number is left, so one of
+    // two neighbouring limits shows it.
+    for limit in [47, 48] {
+        let baton = Baton::start_with(&config.yaml(), Some(&format!("ulimit -n {limit}")));
+        let mut clients = Vec::new();
+        for _ in 0..40 {
+            if let Ok(s) = TcpStream::connect_timeout(&config.listen, Duration::from_secs(1)) {
+                clients.push(s);
+            }
+        }
+        wait_until(Duration::from_secs(5), "exhausted", || {
+            baton.log().contains("Too many open files")
+        });
+        drop(clients);
+        let mut text = String::new();
+        wait_until(
+            Duration::from_secs(10),
+            "admin answers again",
+            || match http_get(baton.admin, "/metrics") {
+                Ok((200, t)) => {
+                    text = t;
+                    true
+                }
+                _ => false,
+            },
+        );
+        if metric_value(&text, &local).unwrap_or(0.0) == 0.0 {
+            continue;
+        }
+        assert_eq!(metric_value(&text, &healthy), Some(1.0), "{text}");
+        // Served at once: no ejection back-off to wait out.
+        let mut s = TcpStream::connect(config.listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 2];
+        s.write_all(b"ok").unwrap();
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ok");
+        assert!(!baton.log().contains("backend ejected"), "{}", baton.log());
+        return;
+    }
+    panic!("no limit made a backend connect fail with EMFILE");
+}
