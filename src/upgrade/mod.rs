@@ -2,61 +2,70 @@
 //! on failure, drain the old one. Also the sockets systemd passes at start,
 //! which are adopted by name the same way.
 //!
-//! # Protocol
+//! # Protocol (hand-over format version 2)
 //!
-//! P is the running process (the predecessor), S its successor.
+//! P is the running process (the predecessor), S its successor. P's side
+//! is `coordinator` (spawn, steps, rollback) and `handover` (one function
+//! per step); S's side is `successor`. Every step is a state of P's state
+//! machine (`crate::state`): `upgrading (successor started)` → `(sockets
+//! sent)` → `(releasing)` → `draining`, or back to `ready` on rollback.
 //!
 //! 1. **Trigger.** `SIGUSR2` or `baton upgrade` make P spawn
-//!    `<binary> run -c <config> --upgrade` (the binary is `argv[0]` made
-//!    absolute at start, or `--binary`); S inherits stdout and stderr. A
-//!    supervisor may also start S itself. One upgrade at a time; a draining
-//!    process never upgrades; at most `upgrade.max_draining` predecessors
+//!    `<binary> run -c <config> --upgrade` with one end of a socketpair
+//!    inherited under `BATON_HANDOVER_FD`: the hand-over connection is made
+//!    before the child exists, so its request cannot race the spawn, and a
+//!    wrapper script that forks instead of exec'ing passes it on. A
+//!    successor started by a supervisor connects to `control.socket`
+//!    instead (its pid from `SO_PEERCRED`). One operation at a time: a
+//!    reload, a second upgrade or a hand-over request from anyone else is
+//!    refused with the state; at most `upgrade.max_draining` predecessors
 //!    drain at once.
-//! 2. **Request.** S loads and validates its config, connects to
-//!    `control.socket` and sends one control line
-//!    `{"v":1,"cmd":"handover","pid":S}` (with `"error"` set instead if its
-//!    config is invalid: P then rolls back without sending anything).
+//! 2. **Request.** S loads and validates its config and sends one line
+//!    `{"v":1,"cmd":"handover","pid":S,"handover_version":2}` (with
+//!    `"error"` instead if its config is invalid: P rolls back at once).
 //! 3. **Sockets.** P answers with frames (`[u32 big-endian length][JSON]`,
-//!    see `fds`), which S reads with `recvmsg` only:
-//!    `Header` (format version, P's pid and generations, the name and
-//!    address of every socket, counters per generation, backend health),
-//!    then `Sockets { names }` frames whose `SCM_RIGHTS` carry at most 250
-//!    descriptors each — every proxy listener by its name, the admin
-//!    listener as `admin`, the control socket as `control` — then `End`.
-//!    S refuses a format it cannot read (newer than it, or more than one
-//!    older) with `Failed` and adopts nothing.
-//! 4. **Adopt.** A listener whose name and address match an inherited
-//!    socket reuses it (set non-blocking); a new one is bound; an inherited
-//!    one the config no longer names is closed. S never binds an address it
-//!    inherited, so there is no `EADDRINUSE` race and no `SO_REUSEPORT` split
-//!    of the accept queue.
-//! 5. **Ready.** S starts accepting — both processes now accept from the
-//!    same kernel sockets, so nothing queued is lost — checks that each of
-//!    its listeners is listening (`SO_ACCEPTCONN`; a test connection would be
-//!    proxied to a backend by whichever process accepted it), and sends the
-//!    line `{"event":"ready",...}`.
-//! 6. **Release.** Only then does P stop accepting, by closing its own
-//!    descriptors (never `shutdown(2)`, which would stop S too), stop its
-//!    admin server (idle admin connections closed), stop answering control,
-//!    and send `Released`. S then serves admin and control, writes the pid
-//!    file (temp file + rename), and tells systemd `MAINPID=` and `READY=1`.
-//!    If P dies before `Released`, S owns everything all the same. The
-//!    control socket and the pid file are never unlinked or rebound.
-//! 7. **Rollback.** If S exits, reports `Failed`, or is not ready within
-//!    `upgrade.ready_timeout`, P keeps serving as if nothing happened (it
-//!    never stopped accepting), sends `SIGTERM` to S (which drains what it
-//!    accepted; `SIGKILL` after `drain.timeout`) and counts
-//!    `baton_upgrades_total{result="failure"}`.
-//! 8. **Drain.** P's streams go on untouched until they end or
-//!    `drain.timeout` passes; then the rest are closed and counted. While it
-//!    drains, P connects to the control socket (now S's, or whoever accepts
-//!    later) and sends `{"cmd":"drain_report",...}` once a second with its
-//!    generation, pid, remaining connections, elapsed time and own counter
-//!    values; the accepting process exports them. P then exits 0.
+//!    see `fds`), which S reads with `recvmsg` only: `Header` (format
+//!    version, P's pid and generations, the name and address of every
+//!    socket, backend health, draining predecessors, the counter history
+//!    in case P dies before step 6), then `Sockets { names }` frames whose
+//!    `SCM_RIGHTS` carry at most 250 descriptors each — every proxy
+//!    listener by name, `admin`, `control` — then `End`. S refuses a format
+//!    it cannot read (newer, or more than one older) with `Failed`.
+//! 4. **Prepare.** Everything that can fail happens now, before S accepts:
+//!    the snapshot, every listener adopted (same name and address) or
+//!    bound, admin and control sockets, the pid file's temporary file. S
+//!    never binds an address it inherited (no `EADDRINUSE` race, no
+//!    `SO_REUSEPORT` split of the accept queue).
+//! 5. **Ready.** S starts accepting — both processes accept from the same
+//!    kernel sockets, so nothing queued is lost — and sends
+//!    `{"event":"ready",...}`.
+//! 6. **Release.** P pauses its accept loops (keeping its descriptors),
+//!    stops admin (open answers finish) and control, then sends
+//!    `Released { history }`: every count of earlier generations, its own
+//!    included, as of that instant. S takes the history, renames its pid
+//!    file into place, serves admin and control — steps that cannot make it
+//!    exit: a failure is logged and counted in
+//!    `baton_takeover_errors_total` — and confirms with `TookOver`.
+//! 7. **Point of no return.** Only on `TookOver` does P close its
+//!    descriptors and count the upgrade a success. If S dies between 6 and
+//!    7, P accepts again on the same sockets: there is never a moment with
+//!    nobody accepting. If P dies before 6, S owns everything all the same.
+//! 8. **Rollback.** If S exits with a failure, reports `Failed`, closes the
+//!    connection, or is not ready within `upgrade.ready_timeout`, P keeps
+//!    serving, sends `Refused` (S drains what it accepted and exits),
+//!    SIGTERMs the child it spawned (never a pid it did not spawn; SIGKILL
+//!    after `drain.timeout`) and counts `baton_upgrades_total{result=
+//!    "failure"}`.
+//! 9. **Drain.** P's streams go on until they end or `drain.timeout`
+//!    passes. Once a second P reports its connections and own counts to
+//!    whoever accepts on the control socket; only reports from a known
+//!    predecessor about itself are taken (`drains`), validated first. When
+//!    P exits, its last report is folded into one sum of everything
+//!    earlier (`metrics::history`), so nothing grows with the number of
+//!    upgrades.
 //!
-//! Counters: every process reports its own counts; the accepting process
-//! exports its own plus the last report of every earlier generation, summed
-//! by exact label set, so no `_total` goes backwards.
+//! Version 1 predecessors (no history in `Released`, no `TookOver`) are
+//! still accepted: S then takes the counters from their header.
 
 pub mod coordinator;
 pub mod drains;
