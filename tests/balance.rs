@@ -73,12 +73,15 @@ fn least_conn_and_p2c_prefer_idle_backends() {
         wait_until(Duration::from_secs(5), "b idle", || {
             baton.metric(&b_active) == Some(0.0)
         });
-        // The next 4 connections all go to the idle backend.
+        // The next 4 connections all go to the idle backend (each held
+        // open, so it counts for the next pick).
+        let mut kept = Vec::new();
         let next = counts((0..4).map(|_| {
             let (s, n) = connect_named(config.listen);
-            std::mem::forget(s);
+            kept.push(s);
             n
         }));
+        drop(kept);
         drop(on_a);
         assert_eq!(next.get("b"), Some(&4), "{balance}: {next:?}");
     }

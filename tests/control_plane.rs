@@ -49,15 +49,6 @@ fn upgrade_in_background(
     })
 }
 
-fn lifecycle(baton: &Baton) -> String {
-    let (ok, out) = baton.ctl(&["status", "--json"]);
-    if !ok {
-        return String::new();
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v["lifecycle"].as_str().unwrap_or("").to_string()
-}
-
 /// Listening sockets on `port` in this network namespace (IPv4).
 fn listening_sockets(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -199,19 +190,8 @@ fn reload_and_upgrade_refuse_each_other_in_every_phase() {
     let mut config = ConfigBuilder::new(&[&a, &b]);
     config.extra_top = "upgrade:\n  ready_timeout: 20s\n".into();
     let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&hosts)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let baton = Baton::start_opts(
-        &config.yaml(),
-        None,
-        &[("BATON_HOSTS_FILE", hosts.to_str().unwrap())],
-    );
+    let hosts = SlowHosts::new(dir.path(), "127.0.0.1 slow.test");
+    let baton = Baton::start_opts(&config.yaml(), None, &[hosts.env()]);
     let pid = baton.pid();
     let load = Load::start(config.listen, 2, 2);
     let go = baton.path("go");
@@ -307,16 +287,7 @@ fn reload_and_upgrade_refuse_each_other_in_every_phase() {
         !ok && out.contains("a reload is already in progress"),
         "{out}"
     );
-    // Unblock the lookup, then make later lookups read a plain file.
-    let real = dir.path().join("hosts.real");
-    std::fs::write(&real, "127.0.0.1 slow.test\n").unwrap();
-    let mut fifo = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&hosts)
-        .unwrap();
-    std::fs::rename(&real, &hosts).unwrap();
-    std::io::Write::write_all(&mut fifo, b"127.0.0.1 slow.test\n").unwrap();
-    drop(fifo);
+    hosts.release();
     let out = reload.join().unwrap();
     assert!(
         out.status.success(),

@@ -432,8 +432,7 @@ fn tls_to_backends_verifies_against_the_given_ca() {
     assert!(baton.ctl(&["reload"]).0);
     let mut s = TcpStream::connect(config.listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = [0u8; 1];
-    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "client closed");
+    assert!(closed_by_peer(&mut s), "client closed");
     let series = format!(
         "baton_backend_connect_errors_total{{backend=\"{backend}\",cluster=\"app\",reason=\"tls\"}}"
     );

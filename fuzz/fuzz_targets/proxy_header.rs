@@ -1,5 +1,6 @@
 //! Any bytes: the PROXY header parser answers, never panics, and a header it
-//! accepts encodes back to one it reads the same.
+//! accepts encodes back (v1 and v2) to one it reads with the same source
+//! and destination.
 #![no_main]
 
 use baton::proxy::proxy_protocol::{Header, encode_v1, encode_v2, parse};
@@ -8,11 +9,24 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok((header, len)) = parse(data) {
         assert!(len <= data.len());
-        if let Header::Proxy { source, destination } = header {
+        if let Header::Proxy {
+            source,
+            destination,
+        } = header
+        {
             for encoded in [encode_v1(source, destination), encode_v2(source, destination)] {
                 let (again, n) = parse(&encoded).expect("our own header parses");
                 assert_eq!(n, encoded.len());
-                assert!(matches!(again, Header::Proxy { .. }));
+                match again {
+                    Header::Proxy {
+                        source: s,
+                        destination: d,
+                    } => {
+                        assert_eq!(s, source, "source survives encoding");
+                        assert_eq!(d, destination, "destination survives encoding");
+                    }
+                    other => panic!("{source} -> {destination} read back as {other:?}"),
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use diff::{ConfigDiff, diff};
 pub use file::{BalanceKind, FileConfig, ProxyProtocolVersion};
 pub use lines::LineIndex;
-pub use validate::{HOSTS_FILE_ENV, resolve};
+pub use validate::{HOSTS_FILE_ENV, Resolver, resolve, set_resolver};
 
 use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 

@@ -392,6 +392,18 @@ impl Validator {
 /// without touching /etc/hosts (and lets tests change what a name means).
 pub const HOSTS_FILE_ENV: &str = "BATON_HOSTS_FILE";
 
+/// A lookup that replaces the hosts file and DNS in this process.
+pub type Resolver = fn(host: &str, port: u16) -> Result<Vec<SocketAddr>, String>;
+
+static RESOLVER: std::sync::OnceLock<Resolver> = std::sync::OnceLock::new();
+
+/// Makes every name lookup of this process go to `resolver` (the config
+/// fuzzer keeps names off the network this way). Set once; false if a
+/// resolver was already set.
+pub fn set_resolver(resolver: Resolver) -> bool {
+    RESOLVER.set(resolver).is_ok()
+}
+
 /// Resolves `HOST:PORT` (an IP or a DNS name) to every address it names.
 pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -403,6 +415,9 @@ pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     let (true, Ok(port)) = (!host.is_empty(), port.parse::<u16>()) else {
         return Err(format!("{address:?} is not HOST:PORT"));
     };
+    if let Some(resolver) = RESOLVER.get() {
+        return resolver(host, port);
+    }
     if let Some(pinned) = pinned(host, port) {
         return pinned;
     }

@@ -302,24 +302,35 @@ impl Baton {
 }
 
 impl Drop for Baton {
-    /// Stops the first process and whichever successor serves this test's
-    /// admin address now (a test that panics mid-upgrade must not leave a
-    /// successor holding ports for the rest of the suite).
+    /// Stops the first process and every process of its lineage the test
+    /// can still see: whichever serves this test's admin address now and
+    /// the predecessors it lists as draining, by pid (a test that panics
+    /// mid-upgrade must not leave successors holding ports for the rest of
+    /// the suite).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         for _ in 0..3 {
-            match serving_pid(self.admin) {
-                Some(pid) if pid_alive(pid) => {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    while pid_alive(pid) && Instant::now() < deadline {
-                        thread::sleep(Duration::from_millis(5));
-                    }
+            let Ok((200, body)) = http_get(self.admin, "/status") else {
+                break;
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let mut pids: Vec<i32> = v["draining"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect();
+            pids.extend(v["pid"].as_i64().map(|p| p as i32));
+            for pid in pids.into_iter().filter(|&p| pid_alive(p)) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while pid_alive(pid) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
                 }
-                _ => break,
             }
         }
     }
@@ -757,6 +768,72 @@ impl Notify {
         let mut buf = [0u8; 4096];
         let n = self.socket.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+}
+
+/// Whether the peer closed `s` (end of stream, or a reset): a read that
+/// times out means it is still open — the difference `unwrap_or(0)` hides.
+pub fn closed_by_peer(s: &mut impl Read) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+    }
+}
+
+/// The `lifecycle` that `baton status` shows (`ready`, `reloading`,
+/// `upgrading (…)`, …), or empty if nobody answers.
+pub fn lifecycle(baton: &Baton) -> String {
+    let (ok, out) = baton.ctl(&["status", "--json"]);
+    if !ok {
+        return String::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["lifecycle"].as_str().unwrap_or("").to_string()
+}
+
+/// A `BATON_HOSTS_FILE` that is a FIFO: a lookup of a pinned name blocks
+/// until `release`, which makes a reload as slow as a test needs.
+pub struct SlowHosts {
+    pub path: PathBuf,
+    line: String,
+}
+
+impl SlowHosts {
+    /// `line` is the hosts line the lookup reads, e.g. `127.0.0.1 slow.test`.
+    pub fn new(dir: &Path, line: &str) -> SlowHosts {
+        let path = dir.join("hosts");
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success(), "mkfifo");
+        SlowHosts {
+            path,
+            line: format!("{line}\n"),
+        }
+    }
+
+    pub fn env(&self) -> (&'static str, &str) {
+        ("BATON_HOSTS_FILE", self.path.to_str().unwrap())
+    }
+
+    /// Answers the blocked lookup, and makes every later lookup read a plain
+    /// file with the same line.
+    pub fn release(&self) {
+        let plain = self.path.with_extension("plain");
+        std::fs::write(&plain, &self.line).unwrap();
+        // Opening the write end waits for the blocked reader.
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        std::fs::rename(&plain, &self.path).unwrap();
+        fifo.write_all(self.line.as_bytes()).unwrap();
     }
 }
 
