@@ -259,10 +259,18 @@ async fn until<T>(
             _ = cancel.cancelled() => return Err(HandoverError::Stopped),
             status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && !*exited => {
                 *exited = true;
-                match status {
-                    Ok(s) if s.success() => {}
-                    Ok(s) => return Err(HandoverError::SuccessorExited(s.to_string())),
-                    Err(e) => return Err(HandoverError::SuccessorExited(e.to_string())),
+                let exited_with = match status {
+                    Ok(s) if s.success() => continue,
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                // What it said before it died (its config error) is the
+                // better reason, if it is already on the connection.
+                match tokio::time::timeout(Duration::from_millis(500), &mut step).await {
+                    Ok(Err(HandoverError::SuccessorGone(_))) | Err(_) => {
+                        return Err(HandoverError::SuccessorExited(exited_with));
+                    }
+                    Ok(result) => return result,
                 }
             }
         }
