@@ -13,6 +13,9 @@ use tokio_util::task::TaskTracker;
 pub struct Drain {
     accepting: CancellationToken,
     force: CancellationToken,
+    /// Fired with `force`, and when streams start to move: what a plain
+    /// copy waits on (one token, so a copy polls nothing more than before).
+    interrupt: CancellationToken,
     connections: TaskTracker,
 }
 
@@ -25,6 +28,16 @@ impl Drain {
     /// Cancelled when the drain deadline passes; connections select on it.
     pub fn force(&self) -> &CancellationToken {
         &self.force
+    }
+
+    /// Cancelled with `force` and when streams start to move.
+    pub fn interrupt(&self) -> &CancellationToken {
+        &self.interrupt
+    }
+
+    /// Wakes every plain copy so it pauses (if migration takes streams).
+    pub fn interrupt_copies(&self) {
+        self.interrupt.cancel();
     }
 
     pub fn spawn_connection<F>(&self, connection: F)
@@ -57,6 +70,7 @@ impl Drain {
         }
         let remaining = self.connections.len();
         self.force.cancel();
+        self.interrupt.cancel();
         self.connections.wait().await;
         remaining
     }
@@ -65,5 +79,6 @@ impl Drain {
     pub fn cut(&self) {
         self.accepting.cancel();
         self.force.cancel();
+        self.interrupt.cancel();
     }
 }

@@ -182,8 +182,14 @@ fn upgrade(socket: &Path, binary: Option<PathBuf>) -> ExitCode {
         Ok(r) if r.ok => {
             let u = r.upgrade.unwrap_or_default();
             println!(
-                "upgraded: pid {} (generation {}) -> pid {} (generation {}) in {:.0} ms; the old process drains",
-                u.old_pid, u.old_generation, u.new_pid, u.new_generation, u.duration_ms
+                "upgraded: pid {} (generation {}) -> pid {} (generation {}) in {:.0} ms; {} stream(s) moved, {} stay in the old process to drain",
+                u.old_pid,
+                u.old_generation,
+                u.new_pid,
+                u.new_generation,
+                u.duration_ms,
+                u.moved,
+                u.staying
             );
             ExitCode::SUCCESS
         }

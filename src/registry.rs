@@ -194,6 +194,14 @@ impl Registry {
         self.listeners.get(name).map(|l| l.addr)
     }
 
+    /// Listener `name`'s connection count (for `max_connections`), shared
+    /// with its accept loop; a new one if there is no such listener.
+    pub fn active_counter(&self, name: &str) -> Arc<AtomicUsize> {
+        self.listeners
+            .get(name)
+            .map_or_else(Default::default, |l| l.active.clone())
+    }
+
     pub fn active(&self, name: &str) -> usize {
         self.listeners
             .get(name)

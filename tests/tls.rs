@@ -465,3 +465,34 @@ fn sni_routing_passes_a_real_handshake_through_to_the_named_backend() {
         "b.test"
     );
 }
+
+#[test]
+fn tls_terminated_streams_stay_with_the_old_process_which_exits_once_they_end() {
+    let echo = Backend::echo();
+    let (config, baton) = site_baton(&echo, "");
+    let client = client_config(&[&rustls::version::TLS13]);
+    let mut tls = tls_connect(config.listen, "site.test", &client);
+    let old = baton.pid();
+    let (ok, out) = baton.ctl(&["upgrade"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("0 stream(s) moved, 1 stay"),
+        "TLS state lives in the old process: {out}"
+    );
+    let new = wait_new_pid(&baton, old);
+    assert!(pid_alive(old), "the old process keeps the TLS stream");
+    for round in 0..3 {
+        let message = format!("still flowing {round}");
+        tls.write_all(message.as_bytes()).unwrap();
+        let mut back = vec![0u8; message.len()];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(back, message.as_bytes());
+    }
+    // New TLS clients reach the new process meanwhile.
+    drop(tls_connect(config.listen, "site.test", &client));
+    drop(tls);
+    wait_until(Duration::from_secs(5), "the old process exits", || {
+        !pid_alive(old)
+    });
+    assert!(pid_alive(new));
+}

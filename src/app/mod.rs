@@ -28,6 +28,7 @@ use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status, Status
 use crate::systemd;
 use crate::upgrade::Inherited;
 use crate::upgrade::drains::{Drains, report_loop};
+use crate::upgrade::migrate;
 use crate::upgrade::successor::{self, Release};
 use crate::upgrade::wire::Header;
 
@@ -63,6 +64,9 @@ pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     pub drains: Mutex<Drains>,
     pub backend_states: BackendStates,
+    /// Streams arriving from our predecessor (a successor, until its
+    /// predecessor ends the migration).
+    pub receiving: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -82,6 +86,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             drain: Drain::default(),
+            moves: Default::default(),
         });
         Ok(Shared {
             registry: Mutex::new(Registry::new(proxy.clone())),
@@ -90,6 +95,7 @@ impl Shared {
             machine: Machine::default(),
             drains: Mutex::new(Drains::default()),
             backend_states,
+            receiving: Mutex::new(None),
         })
     }
 
@@ -356,7 +362,18 @@ async fn start_successor(
         .apply(Event::Ready)
         .expect("a successor taking over becomes ready");
     owner.serve_admin_and_control();
+    let released = Instant::now();
     predecessor.took_over().await;
+    if let Some(stream) = predecessor.into_stream() {
+        let for_counts = shared.clone();
+        let receiving = tokio::spawn(migrate::receive_streams(
+            stream,
+            shared.proxy.clone(),
+            move |listener: &str| for_counts.registry().active_counter(listener),
+            released,
+        ));
+        *shared.receiving.lock().expect("lock is never poisoned") = Some(receiving);
+    }
     systemd::took_over();
     tracing::info!(pid = std::process::id(), generation = shared.generation, config = %config.path.display(), "baton took over and is serving");
     Ok(Some(owner))
@@ -451,8 +468,7 @@ async fn drain(
     let started = Instant::now();
     let reports = CancellationToken::new();
     let (owns_files, reporter) = match ending {
-        Ending::HandedOver => {
-            tracing::info!(connections = shared.proxy.drain.active(), timeout = ?config.drain_timeout, "handed over; draining open connections");
+        Ending::HandedOver(handed) => {
             let reporter = tokio::spawn(report_loop(
                 shared.proxy.clone(),
                 shared.generation,
@@ -460,6 +476,8 @@ async fn drain(
                 started,
                 reports.clone(),
             ));
+            move_streams(&shared, *handed).await;
+            tracing::info!(connections = shared.proxy.drain.active(), timeout = ?config.drain_timeout, "handed over; draining open connections");
             (false, Some(reporter))
         }
         Ending::Stop => {
@@ -500,6 +518,43 @@ async fn drain(
     let _ = shared.machine.apply(Event::Drained);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Moves established streams to the successor that took over, then answers
+/// `baton upgrade` with how many moved and how many stay.
+async fn move_streams(shared: &Shared, handed: owner::HandedOver) {
+    let owner::HandedOver {
+        successor,
+        reply,
+        mut report,
+    } = handed;
+    let upgrade = shared.proxy.snapshot.load().config.upgrade.clone();
+    // Streams still arriving from our own predecessor move on with the
+    // rest, so a chain of upgrades leaves no middle generation behind.
+    let receiving = shared
+        .receiving
+        .lock()
+        .expect("lock is never poisoned")
+        .take();
+    if let Some(receiving) = receiving {
+        let _ = tokio::time::timeout(upgrade.migrate_timeout * 2, receiving).await;
+    }
+    let outcome = migrate::send_streams(
+        &successor.stream,
+        successor.version,
+        &shared.proxy,
+        upgrade.migrate,
+        upgrade.migrate_timeout,
+    )
+    .await;
+    report.moved = outcome.moved;
+    report.staying = outcome.staying;
+    if let Some(reply) = reply {
+        let _ = reply.send(control::Response {
+            upgrade: Some(report),
+            ..control::Response::ok()
+        });
+    }
 }
 
 /// A second stop signal: cut every connection and go.

@@ -24,17 +24,27 @@ use crate::reload::{self, Prepared, ReloadError};
 use crate::state::{Event, State, UpgradeStep};
 use crate::status::StatusSource;
 use crate::systemd;
-use crate::upgrade::coordinator::{self, Attempt, Progress, ReleaseOrder};
+use crate::upgrade::coordinator::{self, Attempt, Progress, ReleaseOrder, Successor};
 use crate::upgrade::handover::{self, HandoverRequest};
 use crate::upgrade::wire::{HANDOVER_VERSION, Header, HealthState, SocketInfo, UpgradeReport};
 
 /// How the owner's life ended.
 #[derive(Debug)]
 pub(crate) enum Ending {
-    /// A successor took over; this process drains and reports.
-    HandedOver,
+    /// A successor took over; this process moves its streams to it, then
+    /// drains what stays and reports.
+    HandedOver(Box<HandedOver>),
     /// A stop signal (or `shutdown`): drain and stop for good.
     Stop,
+}
+
+/// What the drain phase needs of a hand-over that succeeded.
+#[derive(Debug)]
+pub(crate) struct HandedOver {
+    pub successor: Successor,
+    /// `baton upgrade` waits for its answer until the streams moved.
+    pub reply: Option<oneshot::Sender<Response>>,
+    pub report: UpgradeReport,
 }
 
 pub(crate) struct Signals {
@@ -229,7 +239,7 @@ impl Owner {
             }
         };
         self.background.cancel();
-        if matches!(ending, Ending::HandedOver)
+        if matches!(ending, Ending::HandedOver(_))
             && let Some(health) = self.health.take()
         {
             // The successor checks the backends now.
@@ -649,27 +659,28 @@ impl Owner {
             Progress::Done { id, result } if id == current.id => {
                 let current = self.attempt.take().expect("matched above");
                 match result {
-                    Ok((pid, generation)) => {
+                    Ok(successor) => {
                         let _ = machine.apply(Event::HandedOver);
                         let _ = self.shared.registry().close(true);
                         tracing::info!(
-                            successor = pid,
-                            generation,
+                            successor = successor.pid,
+                            generation = successor.generation,
                             "upgrade: the successor took over"
                         );
-                        if let Some(reply) = current.reply {
-                            let _ = reply.send(Response {
-                                upgrade: Some(UpgradeReport {
-                                    old_pid: std::process::id(),
-                                    old_generation: self.shared.generation,
-                                    new_pid: pid,
-                                    new_generation: generation,
-                                    duration_ms: current.started.elapsed().as_secs_f64() * 1000.0,
-                                }),
-                                ..Response::ok()
-                            });
-                        }
-                        Some(Ending::HandedOver)
+                        let report = UpgradeReport {
+                            old_pid: std::process::id(),
+                            old_generation: self.shared.generation,
+                            new_pid: successor.pid,
+                            new_generation: successor.generation,
+                            duration_ms: current.started.elapsed().as_secs_f64() * 1000.0,
+                            moved: 0,
+                            staying: 0,
+                        };
+                        Some(Ending::HandedOver(Box::new(HandedOver {
+                            successor,
+                            reply: current.reply,
+                            report,
+                        })))
                     }
                     Err(e) => {
                         let reason = e.to_string();

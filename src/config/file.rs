@@ -46,6 +46,8 @@ pub struct FileDrain {
 pub struct FileUpgrade {
     pub ready_timeout: Option<FileDuration>,
     pub max_draining: Option<u32>,
+    pub migrate: Option<bool>,
+    pub migrate_timeout: Option<FileDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,10 @@ pub struct Config {
 pub struct UpgradeConfig {
     pub ready_timeout: Duration,
     pub max_draining: usize,
+    /// Move established plain TCP streams to the successor.
+    pub migrate: bool,
+    /// How long the successor may take to acknowledge a batch of streams.
+    pub migrate_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

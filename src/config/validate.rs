@@ -18,6 +18,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONTROL_SOCKET: &str = "baton.sock";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MIGRATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_DRAINING: u32 = 4;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +56,11 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         DEFAULT_READY_TIMEOUT,
     );
     let max_draining = file.upgrade.max_draining.unwrap_or(DEFAULT_MAX_DRAINING);
+    let migrate_timeout = v.duration(
+        "upgrade.migrate_timeout",
+        file.upgrade.migrate_timeout,
+        DEFAULT_MIGRATE_TIMEOUT,
+    );
     if max_draining == 0 {
         v.problem("upgrade.max_draining", "must be at least 1");
     }
@@ -106,6 +112,8 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         upgrade: UpgradeConfig {
             ready_timeout,
             max_draining: max_draining as usize,
+            migrate: file.upgrade.migrate.unwrap_or(true),
+            migrate_timeout,
         },
         listeners,
         clusters,

@@ -45,6 +45,9 @@ pub mod names {
     pub const DRAIN_TIMEOUT: &str = "baton_drain_timeout_seconds";
     pub const TLS_CERTIFICATE_EXPIRY: &str = "baton_tls_certificate_expiry_timestamp_seconds";
     pub const TAKEOVER_ERRORS: &str = "baton_takeover_errors_total";
+    pub const CONNECTIONS_MIGRATED: &str = "baton_connections_migrated_total";
+    pub const MIGRATION_DURATION: &str = "baton_migration_duration_seconds";
+    pub const MIGRATION_FAILURES: &str = "baton_migration_failures_total";
 }
 
 /// Why a client was closed without being proxied (`reason` label).
@@ -54,6 +57,11 @@ pub const REJECT_REASONS: [&str; 4] = [
     "proxy_protocol",
     "sni_no_route",
 ];
+
+/// Why a predecessor kept streams instead of moving them (`reason` label
+/// of `baton_migration_failures_total`).
+pub const MIGRATION_FAILURE_REASONS: [&str; 4] =
+    ["timeout", "successor_gone", "not_in_config", "not_parked"];
 
 /// Why a backend connect failed (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +147,11 @@ pub struct Metrics {
     pub takeover_errors: IntCounterVec,
     pub drain_timeout: Gauge,
     pub tls_certificate_expiry: GaugeVec,
+    connections_migrated: IntCounterVec,
+    /// From release to the last acknowledged batch of moved streams.
+    pub migration_duration: Histogram,
+    /// Streams a predecessor took back (`reason`).
+    pub migration_failures: IntCounterVec,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -351,6 +364,29 @@ impl Metrics {
                 "Steps a successor could not take after its predecessor let go (pid_file, admin, control); it serves on",
                 &["step"],
             ),
+            connections_migrated: int_counter_vec(
+                &r,
+                CONNECTIONS_MIGRATED,
+                "Established streams this process took over from its predecessor.",
+                &["listener"],
+            ),
+            migration_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        MIGRATION_DURATION,
+                        "Time from release to the last acknowledged batch of moved streams.",
+                    )
+                    .buckets(RELOAD_BUCKETS.to_vec()),
+                )
+                .expect("valid metric definition"),
+            ),
+            migration_failures: int_counter_vec(
+                &r,
+                MIGRATION_FAILURES,
+                "Streams a predecessor resumed instead of moving them.",
+                &["reason"],
+            ),
             registry: r,
             history: Mutex::new(History::default()),
             high_water: Mutex::new(HighWater::default()),
@@ -360,6 +396,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
             metrics.upgrades.with_label_values(&[result]);
+        }
+        for reason in MIGRATION_FAILURE_REASONS {
+            metrics.migration_failures.with_label_values(&[reason]);
         }
         let process = prometheus::process_collector::ProcessCollector::for_self();
         // Only Linux has the process collector's data; elsewhere it is simply absent.
@@ -373,6 +412,7 @@ impl Metrics {
         for l in &config.listeners {
             let m = self.listener(&l.name);
             m.max_connections.set(l.max_connections as i64);
+            self.migrated(&l.name);
         }
         for l in &config.listeners {
             for c in l.tls.iter().flat_map(|t| &t.certificates) {
@@ -404,6 +444,11 @@ impl Metrics {
             bytes_sent: self.bytes_sent.with_label_values(&[name]),
             max_connections: self.listener_max_connections.with_label_values(&[name]),
         }
+    }
+
+    /// Streams that moved into this process on listener `name`.
+    pub fn migrated(&self, name: &str) -> IntCounter {
+        self.connections_migrated.with_label_values(&[name])
     }
 
     /// Handles for one backend of one cluster.
@@ -541,7 +586,9 @@ impl Metrics {
     }
 
     fn build_schema(&self) -> Schema {
-        let counters: [&dyn Collector; 9] = [
+        let counters: [&dyn Collector; 11] = [
+            &self.connections_migrated,
+            &self.migration_failures,
             &self.takeover_errors,
             &self.config_reloads,
             &self.upgrades,
@@ -552,7 +599,8 @@ impl Metrics {
             &self.backend_connect_errors,
             &self.drain_forced_closes,
         ];
-        let histograms: [&dyn Collector; 3] = [
+        let histograms: [&dyn Collector; 4] = [
+            &self.migration_duration,
             &self.config_reload_duration,
             &self.connection_duration,
             &self.backend_connect_duration,

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -68,6 +68,8 @@ pub enum End {
     IdleTimeout,
     /// `drain.timeout` passed while the stream was open.
     Forced,
+    /// Asked to pause: the stream goes on elsewhere (see [`Flow`]).
+    Paused,
 }
 
 impl End {
@@ -78,6 +80,7 @@ impl End {
             End::BackendError(_) => "backend_error",
             End::IdleTimeout => "idle_timeout",
             End::Forced => "drain_timeout",
+            End::Paused => "paused",
         }
     }
 }
@@ -95,59 +98,165 @@ enum Side {
     Writing(io::Error),
 }
 
+/// One direction of a plain stream, as it stands between two runs of
+/// [`proxy`] (a pause, a move to another process).
+#[derive(Debug, Default, Clone)]
+pub struct Direction {
+    /// Read from the source, not yet written to the destination; written
+    /// first when the copy runs again.
+    pub pending: Vec<u8>,
+    /// The source's FIN was passed on: this direction is over.
+    pub shut: bool,
+}
+
+/// A plain stream's copy state, carried across a pause.
+#[derive(Debug, Default, Clone)]
+pub struct Flow {
+    /// Client → backend.
+    pub up: Direction,
+    /// Backend → client.
+    pub down: Direction,
+    /// Bytes written so far, each way.
+    pub bytes: Transferred,
+    /// How long no byte had moved when the copy (re)starts: the idle
+    /// timeout counts from the last byte, not from the move.
+    pub idle: Duration,
+}
+
+/// What ends a plain copy besides the stream itself.
+#[derive(Clone, Copy)]
+pub struct Stops<'a> {
+    /// Fires on the drain deadline and when streams start to move: the one
+    /// token a copy waits on, whatever the reason.
+    pub interrupt: &'a CancellationToken,
+    /// `drain.timeout` passed.
+    pub force: &'a CancellationToken,
+    /// Read when `interrupt` fires without `force`: pause at the next clean
+    /// point (nothing half written) and return [`End::Paused`].
+    pub pause: &'a AtomicBool,
+}
+
+/// How a direction's pump stopped without an error.
+enum Pumped {
+    /// FIN passed on.
+    Shut,
+    /// Paused; these bytes were read and not written.
+    Paused(Vec<u8>),
+}
+
 /// Copies until both directions are closed, either side fails, no byte moves
-/// for `idle_timeout`, or `force` fires.
+/// for `idle_timeout`, the drain deadline passes, or the stream is asked to
+/// pause. `flow` says where to start (bytes to write first, directions
+/// already shut) and is left where the copy stopped.
 pub async fn proxy(
     client: &TcpStream,
     backend: &TcpStream,
+    flow: &mut Flow,
     idle_timeout: Duration,
     received: &IntCounter,
     sent: &IntCounter,
-    force: &CancellationToken,
-) -> (End, Transferred) {
-    let start = Instant::now();
+    stops: Stops<'_>,
+) -> End {
+    let now = Instant::now();
+    let start = now.checked_sub(flow.idle).unwrap_or(now);
     let last_activity = AtomicU64::new(0);
+    let pausing = AtomicBool::new(false);
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let upstream = pump(client, backend, received, &up_bytes, &last_activity, start);
-    let downstream = pump(backend, client, sent, &down_bytes, &last_activity, start);
-    let both = async {
-        tokio::pin!(upstream, downstream);
-        let (mut up_done, mut down_done) = (false, false);
-        while !(up_done && down_done) {
-            tokio::select! {
-                r = &mut upstream, if !up_done => match r {
-                    Ok(()) => up_done = true,
-                    Err(Side::Reading(e)) => return End::ClientError(e),
-                    Err(Side::Writing(e)) => return End::BackendError(e),
-                },
-                r = &mut downstream, if !down_done => match r {
-                    Ok(()) => down_done = true,
-                    Err(Side::Reading(e)) => return End::BackendError(e),
-                    Err(Side::Writing(e)) => return End::ClientError(e),
-                },
+    let (mut up_left, mut down_left) = (None, None);
+    let end = {
+        let up_pending = std::mem::take(&mut flow.up.pending);
+        let down_pending = std::mem::take(&mut flow.down.pending);
+        let upstream = pump(
+            client,
+            backend,
+            up_pending,
+            received,
+            &up_bytes,
+            &last_activity,
+            start,
+            &pausing,
+        );
+        let downstream = pump(
+            backend,
+            client,
+            down_pending,
+            sent,
+            &down_bytes,
+            &last_activity,
+            start,
+            &pausing,
+        );
+        let (up_left, down_left) = (&mut up_left, &mut down_left);
+        let (mut up_done, mut down_done) = (flow.up.shut, flow.down.shut);
+        let both = async move {
+            tokio::pin!(upstream, downstream);
+            let mut paused = false;
+            while !(up_done && down_done) {
+                tokio::select! {
+                    r = &mut upstream, if !up_done => {
+                        up_done = true;
+                        match r {
+                            Ok(Pumped::Shut) => {}
+                            Ok(Pumped::Paused(rest)) => {
+                                paused = true;
+                                *up_left = Some(rest);
+                            }
+                            Err(Side::Reading(e)) => return End::ClientError(e),
+                            Err(Side::Writing(e)) => return End::BackendError(e),
+                        }
+                    },
+                    r = &mut downstream, if !down_done => {
+                        down_done = true;
+                        match r {
+                            Ok(Pumped::Shut) => {}
+                            Ok(Pumped::Paused(rest)) => {
+                                paused = true;
+                                *down_left = Some(rest);
+                            }
+                            Err(Side::Reading(e)) => return End::BackendError(e),
+                            Err(Side::Writing(e)) => return End::ClientError(e),
+                        }
+                    },
+                }
             }
+            if paused { End::Paused } else { End::Closed }
+        };
+        supervise(both, idle_timeout, &last_activity, start, stops, &pausing).await
+    };
+    flow.bytes.received += up_bytes.load(Ordering::Relaxed);
+    flow.bytes.sent += down_bytes.load(Ordering::Relaxed);
+    if let End::Paused = end {
+        // A direction that was neither paused nor running had shut.
+        match up_left {
+            Some(rest) => flow.up.pending = rest,
+            None => flow.up.shut = true,
         }
-        End::Closed
-    };
-    let end = supervise(both, idle_timeout, &last_activity, start, force).await;
-    let transferred = Transferred {
-        received: up_bytes.load(Ordering::Relaxed),
-        sent: down_bytes.load(Ordering::Relaxed),
-    };
-    (end, transferred)
+        match down_left {
+            Some(rest) => flow.down.pending = rest,
+            None => flow.down.shut = true,
+        }
+        let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        flow.idle = Instant::now().saturating_duration_since(last);
+    }
+    end
 }
 
-/// Runs `copy` to its end, unless no byte moves for `idle_timeout` or
-/// `force` fires first. `last_activity` is in ms since `start`.
+/// Runs `copy` to its end, unless no byte moves for `idle_timeout` or the
+/// drain deadline passes first; asks it to pause (`pausing`) when `stops`
+/// says so. `last_activity` is in ms since `start`.
 async fn supervise(
     copy: impl Future<Output = End>,
     idle_timeout: Duration,
     last_activity: &AtomicU64,
     start: Instant,
-    force: &CancellationToken,
+    stops: Stops<'_>,
+    pausing: &AtomicBool,
 ) -> End {
     tokio::pin!(copy);
     let mut deadline = start + idle_timeout;
+    // The interrupt until it fired once; after that only the deadline
+    // matters (a pause asked and answered, or not wanted).
+    let mut waiting_on = stops.interrupt;
     loop {
         tokio::select! {
             end = &mut copy => return end,
@@ -158,23 +267,69 @@ async fn supervise(
                 }
                 deadline = last + idle_timeout;
             }
-            _ = force.cancelled() => return End::Forced,
+            _ = waiting_on.cancelled() => {
+                if stops.force.is_cancelled() {
+                    return End::Forced;
+                }
+                if stops.pause.load(Ordering::Acquire) {
+                    // The pumps see it at their next wait; the copy then
+                    // ends with End::Paused.
+                    pausing.store(true, Ordering::Relaxed);
+                }
+                waiting_on = stops.force;
+            }
         }
     }
 }
 
-/// One direction: read what `src` has, write it all to `dst`, and forward
-/// `src`'s FIN as a write shutdown of `dst`. Adds the bytes moved to `moved`.
+/// Runs `step` unless `pausing` is set first. Registers no waker of its
+/// own: whoever sets `pausing` runs in the same task and polls again.
+async fn unless_paused<T>(pausing: &AtomicBool, step: impl Future<Output = T>) -> Option<T> {
+    let mut step = std::pin::pin!(step);
+    std::future::poll_fn(|cx| {
+        if pausing.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        step.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// One direction: write `pending` first, then read what `src` has, write
+/// it all to `dst`, and forward `src`'s FIN as a write shutdown of `dst`.
+/// Adds the bytes written to `moved`. Stops at a wait once `pausing` is
+/// set, returning what it read and did not write.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
+    pending: Vec<u8>,
     counter: &IntCounter,
     moved: &AtomicU64,
     last_activity: &AtomicU64,
     start: Instant,
-) -> Result<(), Side> {
+    pausing: &AtomicBool,
+) -> Result<Pumped, Side> {
+    let wrote = |n: usize| {
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        counter.inc_by(n as u64);
+        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    };
+    if !pending.is_empty() {
+        let n = write_until_paused(dst, &pending, pausing)
+            .await
+            .map_err(Side::Writing)?;
+        wrote(n);
+        if n < pending.len() {
+            return Ok(Pumped::Paused(pending[n..].to_vec()));
+        }
+    }
+    drop(pending);
     loop {
-        src.readable().await.map_err(Side::Reading)?;
+        match unless_paused(pausing, src.readable()).await {
+            None => return Ok(Pumped::Paused(Vec::new())),
+            Some(ready) => ready.map_err(Side::Reading)?,
+        }
         let mut buffer = Buffer::take();
         let buf = buffer.as_mut();
         loop {
@@ -200,13 +355,16 @@ async fn pump(
                     // End of stream. Half-close: the other direction keeps
                     // flowing.
                     let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
-                    return Ok(());
+                    return Ok(Pumped::Shut);
                 }
                 _ => {
-                    write_all(dst, &buf[..got]).await.map_err(Side::Writing)?;
-                    moved.fetch_add(got as u64, Ordering::Relaxed);
-                    counter.inc_by(got as u64);
-                    last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    let n = write_until_paused(dst, &buf[..got], pausing)
+                        .await
+                        .map_err(Side::Writing)?;
+                    wrote(n);
+                    if n < got {
+                        return Ok(Pumped::Paused(buf[n..got].to_vec()));
+                    }
                     if got < buf.len() {
                         break;
                     }
@@ -215,6 +373,31 @@ async fn pump(
         }
         // The buffer returns to the pool here, before waiting again.
     }
+}
+
+/// Writes all of `data` unless `pausing` is set while `dst` is full: the
+/// number of bytes written.
+async fn write_until_paused(
+    dst: &TcpStream,
+    data: &[u8],
+    pausing: &AtomicBool,
+) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match dst.try_write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match unless_paused(pausing, dst.writable()).await {
+                    None => return Ok(written),
+                    Some(ready) => ready?,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
@@ -373,7 +556,14 @@ where
             Poll::Pending
         }
     });
-    let end = supervise(both, idle_timeout, &last_activity, start, force).await;
+    // TLS state lives in this process: such a stream never pauses.
+    let never = AtomicBool::new(false);
+    let stops = Stops {
+        interrupt: force,
+        force,
+        pause: &never,
+    };
+    let end = supervise(both, idle_timeout, &last_activity, start, stops, &never).await;
     let transferred = Transferred {
         received: up_bytes.load(Ordering::Relaxed),
         sent: down_bytes.load(Ordering::Relaxed),
@@ -488,5 +678,101 @@ mod tests {
         // Both sides see the stream end.
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_paused_copy_keeps_what_it_read_and_goes_on_byte_exact() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let data: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let to_send = data.clone();
+        // The backend reads nothing yet: the copy blocks mid-write.
+        let writer = tokio::spawn(async move {
+            client.write_all(&to_send).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let (received, sent) = counters();
+        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
+        let pause = AtomicBool::new(false);
+        let stops = Stops {
+            interrupt: &interrupt,
+            force: &force,
+            pause: &pause,
+        };
+        let mut flow = Flow::default();
+        let copy = proxy(
+            &client_side,
+            &backend_side,
+            &mut flow,
+            Duration::from_secs(60),
+            &received,
+            &sent,
+            stops,
+        );
+        let pausing = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            pause.store(true, Ordering::Release);
+            interrupt.cancel();
+        };
+        let (end, ()) = tokio::join!(copy, pausing);
+        assert!(matches!(end, End::Paused), "{}", end.as_str());
+        assert!(
+            !flow.up.pending.is_empty(),
+            "a blocked write leaves bytes read and not written"
+        );
+        assert!(!flow.up.shut && !flow.down.shut);
+        let written_before = flow.bytes.received;
+        assert_eq!(received.get(), written_before);
+
+        // Go on (as the new process would): pending bytes first, then the rest.
+        pause.store(false, Ordering::Release);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            (got, backend)
+        });
+        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
+        let stops = Stops {
+            interrupt: &interrupt,
+            force: &force,
+            pause: &pause,
+        };
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            // The backend's FIN ends the other direction.
+            let copy = proxy(
+                &client_side,
+                &backend_side,
+                &mut flow,
+                Duration::from_secs(60),
+                &received,
+                &sent,
+                stops,
+            );
+            let closer = async {
+                let (got, mut backend) = reader.await.unwrap();
+                backend.shutdown().await.unwrap();
+                got
+            };
+            tokio::join!(copy, closer)
+        })
+        .await
+        .expect("the copy ends");
+        let (end, got) = end;
+        assert!(matches!(end, End::Closed), "{}", end.as_str());
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "every byte, in order");
+        assert_eq!(flow.bytes.received, data.len() as u64);
+        drop(writer.await.unwrap());
     }
 }

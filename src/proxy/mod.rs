@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod copy;
 pub mod listener;
+pub mod moving;
 pub mod proxy_protocol;
 pub mod route;
 pub mod serve;
@@ -21,4 +22,6 @@ pub struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub drain: Drain,
+    /// Streams paused for a live migration.
+    pub moves: moving::Moves,
 }

@@ -4,14 +4,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
 use super::connect::{BackendStream, Connected, connect};
-use super::copy::{self, End};
+use super::copy::{self, End, Flow, Stops};
+use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
 use super::{proxy_protocol, sni};
 use crate::config::ProxyProtocolVersion;
@@ -176,11 +177,12 @@ struct Client {
 async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
-    listener: &str,
+    name: &Arc<str>,
     route: &Route,
     proxy: &Proxy,
     metrics: &ListenerMetrics,
 ) {
+    let listener: &str = name;
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let force = proxy.drain.force();
@@ -193,7 +195,7 @@ async fn serve(
             return Err(Stop::Rejected);
         };
         let backend = connect_backend(&client, &origin, cluster, listener, route, metrics, force).await?;
-        copy_both(client, backend, origin.source, listener, cluster, proxy, metrics, started).await;
+        copy_both(client, backend, origin.source, name, cluster, proxy, metrics, started).await;
         Ok(())
     }
     .await;
@@ -355,19 +357,49 @@ async fn connect_backend<'c>(
 }
 
 /// Copies both directions until both are done, idle, or cut; then the
-/// connection's one access-log line.
+/// connection's one access-log line. A plain stream may instead move to
+/// another process (`copy_plain`).
 #[allow(clippy::too_many_arguments)]
 async fn copy_both(
     client: Client,
     backend: Connected<'_>,
     source: SocketAddr,
-    listener: &str,
-    cluster: &Cluster,
+    listener: &Arc<str>,
+    cluster: &Arc<Cluster>,
     proxy: &Proxy,
     metrics: &ListenerMetrics,
     started: Instant,
 ) {
-    let alpn = match &client.stream {
+    let Connected {
+        stream: backend_stream,
+        backend,
+        _active: active,
+    } = backend;
+    let (c, b) = match (client.stream, backend_stream) {
+        (ClientStream::Plain(c), BackendStream::Plain(b)) => {
+            let info = StreamInfo {
+                listener: listener.clone(),
+                cluster: cluster.clone(),
+                backend: backend.address.clone(),
+                backend_addr: backend.addr,
+                client: source,
+                sni: client.sni,
+                started: SystemTime::now() - started.elapsed(),
+                migrated: 0,
+            };
+            let stream = PlainStream {
+                client: c,
+                backend: b,
+                info,
+                flow: Flow::default(),
+            };
+            copy_plain(stream, proxy, metrics).await;
+            drop(active);
+            return;
+        }
+        (c, b) => (c, b),
+    };
+    let alpn = match &c {
         ClientStream::Tls(s) => s
             .get_ref()
             .1
@@ -381,13 +413,7 @@ async fn copy_both(
         &metrics.bytes_sent,
         proxy.drain.force(),
     );
-    let address = backend.backend.address.clone();
-    let addr = backend.backend.addr;
-    let _active = backend._active;
-    let (end, bytes) = match (client.stream, backend.stream) {
-        (ClientStream::Plain(c), BackendStream::Plain(b)) => {
-            copy::proxy(&c, &b, idle, received, sent, force).await
-        }
+    let (end, bytes) = match (c, b) {
         (ClientStream::Plain(mut c), BackendStream::Tls(mut b)) => {
             Box::pin(copy::proxy_streams(
                 &mut c, &mut *b, idle, received, sent, force,
@@ -406,29 +432,218 @@ async fn copy_both(
             ))
             .await
         }
+        (ClientStream::Plain(_), BackendStream::Plain(_)) => unreachable!("handled above"),
     };
+    drop(active);
+    let info = Logged {
+        client: source,
+        listener,
+        backend: &backend.address,
+        backend_addr: backend.addr,
+        sni: client.sni.as_deref(),
+        alpn: alpn.as_deref(),
+        migrated: 0,
+    };
+    log_end(&end, bytes, started.elapsed(), &info, proxy, metrics);
+}
+
+/// A plain TCP stream in its copy phase: everything it needs to go on,
+/// in this process or, after a move, in another.
+pub struct PlainStream {
+    pub client: TcpStream,
+    pub backend: TcpStream,
+    pub info: StreamInfo,
+    pub flow: Flow,
+}
+
+/// Copies a plain stream to its end. When a migration takes it, it pauses,
+/// parks its sockets (`moving`) and this task ends without a log line: the
+/// process where the stream ends writes it.
+async fn copy_plain(mut stream: PlainStream, proxy: &Proxy, metrics: &ListenerMetrics) {
+    let _copying = proxy.moves.copying_guard();
+    let stops = Stops {
+        interrupt: proxy.drain.interrupt(),
+        force: proxy.drain.force(),
+        pause: proxy.moves.pause_flag(),
+    };
+    let idle = stream.info.cluster.config.idle_timeout;
+    let end = loop {
+        let end = copy::proxy(
+            &stream.client,
+            &stream.backend,
+            &mut stream.flow,
+            idle,
+            &metrics.bytes_received,
+            &metrics.bytes_sent,
+            stops,
+        )
+        .await;
+        if !matches!(end, End::Paused) {
+            break end;
+        }
+        match park(stream, &proxy.moves) {
+            Some(back) => stream = back,
+            None => return,
+        }
+    };
+    let info = &stream.info;
+    let duration = SystemTime::now()
+        .duration_since(info.started)
+        .unwrap_or_default();
+    let logged = Logged {
+        client: info.client,
+        listener: &info.listener,
+        backend: &info.backend,
+        backend_addr: info.backend_addr,
+        sni: info.sni.as_deref(),
+        alpn: None,
+        migrated: info.migrated,
+    };
+    log_end(&end, stream.flow.bytes, duration, &logged, proxy, metrics);
+}
+
+/// Parks a paused stream for the migration: `None` once parked, the stream
+/// back if the migration ended meanwhile (it goes on here).
+fn park(stream: PlainStream, moves: &Moves) -> Option<PlainStream> {
+    let PlainStream {
+        client,
+        backend,
+        info,
+        flow,
+    } = stream;
+    let lost = |e: io::Error, info: &StreamInfo| {
+        // The reactor refused a socket it had: nothing sane is left to do
+        // with this stream but close it.
+        tracing::error!(client = %info.client, listener = %info.listener, error = %e, "cannot pause a stream; closed");
+    };
+    // Deregistered from this process's reactor: nothing here polls them.
+    let sockets = client
+        .into_std()
+        .and_then(|c| backend.into_std().map(|b| (c, b)));
+    let (client, backend) = match sockets {
+        Ok(s) => s,
+        Err(e) => {
+            lost(e, &info);
+            return None;
+        }
+    };
+    let parked = Parked {
+        client,
+        backend,
+        info,
+        flow,
+    };
+    let Parked {
+        client,
+        backend,
+        info,
+        flow,
+    } = *moves.park(parked).err()?;
+    let sockets =
+        TcpStream::from_std(client).and_then(|c| TcpStream::from_std(backend).map(|b| (c, b)));
+    match sockets {
+        Ok((client, backend)) => Some(PlainStream {
+            client,
+            backend,
+            info,
+            flow,
+        }),
+        Err(e) => {
+            lost(e, &info);
+            None
+        }
+    }
+}
+
+/// Starts the task of a stream that arrived from another process (`moved`)
+/// or came back from a batch that was not acknowledged. It counts on its
+/// listener (never refused for `max_connections`) and backend as if it had
+/// been accepted here, but is not counted as accepted again.
+pub fn adopt(proxy: &Arc<Proxy>, parked: Parked, active: Arc<AtomicUsize>, moved: bool) {
+    let Parked {
+        client,
+        backend,
+        info,
+        flow,
+    } = parked;
+    let sockets =
+        TcpStream::from_std(client).and_then(|c| TcpStream::from_std(backend).map(|b| (c, b)));
+    let (client, backend) = match sockets {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(client = %info.client, listener = %info.listener, error = %e, "cannot adopt a moved stream; closed");
+            return;
+        }
+    };
+    let metrics = proxy.metrics.listener(&info.listener);
+    if moved {
+        proxy.metrics.migrated(&info.listener).inc();
+    }
+    let backend_active = info
+        .cluster
+        .backends
+        .iter()
+        .find(|b| *b.address == *info.backend && b.addr == info.backend_addr)
+        .map(|b| b.state.track());
+    active.fetch_add(1, Ordering::AcqRel);
+    metrics.active.inc();
+    let guard = ActiveConnection { active, metrics };
+    let stream = PlainStream {
+        client,
+        backend,
+        info,
+        flow,
+    };
+    let proxy_ = proxy.clone();
+    proxy.drain.spawn_connection(async move {
+        copy_plain(stream, &proxy_, &guard.metrics).await;
+        drop(backend_active);
+        drop(guard);
+    });
+}
+
+/// What a connection's access-log line names.
+struct Logged<'a> {
+    client: SocketAddr,
+    listener: &'a str,
+    backend: &'a str,
+    backend_addr: SocketAddr,
+    sni: Option<&'a str>,
+    alpn: Option<&'a str>,
+    migrated: u32,
+}
+
+/// The connection's one access-log line, and the counts of its end.
+fn log_end(
+    end: &End,
+    bytes: copy::Transferred,
+    duration: Duration,
+    info: &Logged<'_>,
+    proxy: &Proxy,
+    metrics: &ListenerMetrics,
+) {
     if matches!(end, End::Forced) {
         proxy.metrics.drain_forced_closes.inc();
     }
-    let duration = started.elapsed();
     metrics.duration.observe(duration.as_secs_f64());
-    let error = match &end {
+    let error = match end {
         End::ClientError(e) | End::BackendError(e) => Some(e.to_string()),
         _ => None,
     };
     tracing::info!(
         target: "baton::access",
-        client = %source,
-        listener,
-        backend = %address,
-        backend_addr = %addr,
+        client = %info.client,
+        listener = info.listener,
+        backend = info.backend,
+        backend_addr = %info.backend_addr,
         received = bytes.received,
         sent = bytes.sent,
         duration_ms = duration.as_millis() as u64,
         end = end.as_str(),
         error,
-        sni = client.sni,
-        alpn,
+        sni = info.sni,
+        alpn = info.alpn,
+        migrated = info.migrated,
         "connection"
     );
 }

@@ -43,8 +43,18 @@ pub enum Progress {
     },
     Done {
         id: u64,
-        result: Result<(u32, u64), HandoverError>,
+        result: Result<Successor, HandoverError>,
     },
+}
+
+/// The successor that took over, and the connection its streams go on.
+#[derive(Debug)]
+pub struct Successor {
+    pub pid: u32,
+    pub generation: u64,
+    pub stream: UnixStream,
+    /// Its hand-over format (3 and up take established streams).
+    pub version: u32,
 }
 
 /// The owner's go-ahead after `Ready`: accepting is paused; `admin` ends
@@ -115,20 +125,29 @@ pub fn spawn(
 impl Attempt {
     /// Runs the hand-over to its end and reports `Done`.
     pub async fn run(mut self) {
-        let result = self.steps().await;
-        if let Err(e) = &result {
-            handover::refuse(&self.stream, &format!("upgrade rolled back: {e}")).await;
-            if let Some(child) = self.child.take() {
-                tokio::spawn(terminate(child, self.kill_grace));
+        let result = match self.steps().await {
+            Ok((pid, generation, version)) => Ok(Successor {
+                pid,
+                generation,
+                stream: self.stream,
+                version,
+            }),
+            Err(e) => {
+                handover::refuse(&self.stream, &format!("upgrade rolled back: {e}")).await;
+                if let Some(child) = self.child.take() {
+                    tokio::spawn(terminate(child, self.kill_grace));
+                }
+                Err(e)
             }
-        }
+        };
         let _ = self.progress.send(Progress::Done {
             id: self.id,
             result,
         });
     }
 
-    async fn steps(&mut self) -> Result<(u32, u64), HandoverError> {
+    /// The successor's pid, generation and hand-over format.
+    async fn steps(&mut self) -> Result<(u32, u64, u32), HandoverError> {
         let deadline = Instant::now() + self.ready_timeout;
         let mut exited = false;
         let request = match self.request.take() {
@@ -210,7 +229,7 @@ impl Attempt {
             Ok(result) => result?,
             Err(_) => return Err(HandoverError::NotConfirmed(self.ready_timeout)),
         }
-        Ok((pid, generation))
+        Ok((pid, generation, request.version))
     }
 }
 

@@ -88,7 +88,9 @@ pub async fn wait_ready(stream: &UnixStream) -> Result<(u32, u64), HandoverError
     match event(stream, "it was ready").await? {
         FromSuccessor::Ready { pid, generation } => Ok((pid, generation)),
         FromSuccessor::Failed { reason } => Err(HandoverError::SuccessorFailed(reason)),
-        FromSuccessor::TookOver => Err(HandoverError::Protocol("took_over before ready".into())),
+        other => Err(HandoverError::Protocol(format!(
+            "expected ready, got {other:?}"
+        ))),
     }
 }
 
@@ -110,7 +112,9 @@ pub async fn release(
     match event(stream, "it confirmed the take-over").await? {
         FromSuccessor::TookOver => Ok(()),
         FromSuccessor::Failed { reason } => Err(HandoverError::SuccessorFailed(reason)),
-        FromSuccessor::Ready { .. } => Err(HandoverError::Protocol("ready twice".into())),
+        other => Err(HandoverError::Protocol(format!(
+            "expected took_over, got {other:?}"
+        ))),
     }
 }
 
@@ -126,7 +130,10 @@ pub async fn refuse(stream: &UnixStream, reason: &str) {
     .await;
 }
 
-async fn event(stream: &UnixStream, before: &'static str) -> Result<FromSuccessor, HandoverError> {
+pub(super) async fn event(
+    stream: &UnixStream,
+    before: &'static str,
+) -> Result<FromSuccessor, HandoverError> {
     let line = read_line(stream)
         .await
         .map_err(|e| HandoverError::Protocol(e.to_string()))?;

@@ -2,7 +2,7 @@
 //! on failure, drain the old one. Also the sockets systemd passes at start,
 //! which are adopted by name the same way.
 //!
-//! # Protocol (hand-over format version 2)
+//! # Protocol (hand-over format version 3)
 //!
 //! P is the running process (the predecessor), S its successor. P's side
 //! is `coordinator` (spawn, steps, rollback) and `handover` (one function
@@ -21,7 +21,7 @@
 //!    refused with the state; at most `upgrade.max_draining` predecessors
 //!    drain at once.
 //! 2. **Request.** S loads and validates its config and sends one line
-//!    `{"v":1,"cmd":"handover","pid":S,"handover_version":2}` (with
+//!    `{"v":1,"cmd":"handover","pid":S,"handover_version":3}` (with
 //!    `"error"` instead if its config is invalid: P rolls back at once).
 //! 3. **Sockets.** P answers with frames (`[u32 big-endian length][JSON]`,
 //!    see `fds`), which S reads with `recvmsg` only: `Header` (format
@@ -56,21 +56,29 @@
 //!    SIGTERMs the child it spawned (never a pid it did not spawn; SIGKILL
 //!    after `drain.timeout`) and counts `baton_upgrades_total{result=
 //!    "failure"}`.
-//! 9. **Drain.** P's streams go on until they end or `drain.timeout`
-//!    passes. Once a second P reports its connections and own counts to
-//!    whoever accepts on the control socket; only reports from a known
-//!    predecessor about itself are taken (`drains`), validated first. When
-//!    P exits, its last report is folded into one sum of everything
-//!    earlier (`metrics::history`), so nothing grows with the number of
-//!    upgrades.
+//! 9. **Move.** With `upgrade.migrate` (default), P pauses every
+//!    established plain TCP stream and sends it to S over the same
+//!    connection — both sockets, and every byte read but not yet written —
+//!    in acknowledged batches (`migrate`). TLS streams, streams S's config
+//!    has no listener or cluster for, and any batch S does not acknowledge
+//!    stay with P. `baton upgrade` answers now, with both counts.
+//! 10. **Drain.** What stays with P goes on until it ends or `drain.timeout`
+//!     passes; with plain TCP only, nothing stays and P exits at once.
+//!     Once a second P reports its connections and own counts to
+//!     whoever accepts on the control socket; only reports from a known
+//!     predecessor about itself are taken (`drains`), validated first. When
+//!     P exits, its last report is folded into one sum of everything
+//!     earlier (`metrics::history`), so nothing grows with the number of
+//!     upgrades.
 //!
-//! Version 1 predecessors (no history in `Released`, no `TookOver`) are
-//! still accepted: S then takes the counters from their header.
+//! A version 2 predecessor (no streams) is still accepted; a version 2
+//! successor gets no streams.
 
 pub mod coordinator;
 pub mod drains;
 pub mod fds;
 pub mod handover;
+pub mod migrate;
 pub mod successor;
 pub mod wire;
 

@@ -127,7 +127,9 @@ pub async fn receive(control_socket: &Path) -> Result<Predecessor, HandoverError
 
 /// Reads one frame; the header's version is checked before anything else
 /// of it is read, so an unreadable format is refused cleanly.
-async fn next(stream: &UnixStream) -> Result<(ToSuccessor, Vec<OwnedFd>), HandoverError> {
+pub(super) async fn next(
+    stream: &UnixStream,
+) -> Result<(ToSuccessor, Vec<OwnedFd>), HandoverError> {
     let (payload, fds) = recv_frame(stream)
         .await
         .map_err(|e| HandoverError::Protocol(e.to_string()))?
@@ -160,7 +162,7 @@ async fn next(stream: &UnixStream) -> Result<(ToSuccessor, Vec<OwnedFd>), Handov
     Ok((frame, fds))
 }
 
-async fn say(stream: &UnixStream, event: &FromSuccessor) -> std::io::Result<()> {
+pub(super) async fn say(stream: &UnixStream, event: &FromSuccessor) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(event).expect("events serialize");
     line.push(b'\n');
     let mut written = 0;
@@ -199,6 +201,11 @@ impl Predecessor {
             Ok((other, _)) => Release::Refused(format!("unexpected {other:?}")),
             Err(_) => Release::Gone,
         }
+    }
+
+    /// The hand-over connection, to receive moved streams on (format 3).
+    pub fn into_stream(self) -> Option<UnixStream> {
+        (self.header.handover_version >= 3).then_some(self.stream)
     }
 
     /// Confirms that we serve everything now, so the predecessor closes its

@@ -9,9 +9,11 @@ use crate::metrics::{CounterSnapshot, History};
 /// The hand-over format this build speaks. Version 2: counter history
 /// folded and sent with `Released`, and the successor confirms the
 /// take-over (`TookOver`) before the predecessor closes its sockets.
-pub const HANDOVER_VERSION: u32 = 2;
-/// The oldest predecessor format this build still accepts.
-pub const OLDEST_HANDOVER_VERSION: u32 = 1;
+/// Version 3: established streams move after the take-over (`Streams`).
+pub const HANDOVER_VERSION: u32 = 3;
+/// The oldest predecessor format this build still accepts (one older: it
+/// simply sends no streams).
+pub const OLDEST_HANDOVER_VERSION: u32 = 2;
 
 /// What `baton upgrade` prints.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -21,6 +23,13 @@ pub struct UpgradeReport {
     pub new_pid: u32,
     pub new_generation: u64,
     pub duration_ms: f64,
+    /// Established streams that moved to the new process.
+    #[serde(default)]
+    pub moved: u64,
+    /// Streams that stay in the old process and drain (TLS, or their
+    /// listener or cluster is gone).
+    #[serde(default)]
+    pub staying: u64,
 }
 
 /// Predecessor → successor frames (length-prefixed JSON, read with recvmsg).
@@ -46,6 +55,82 @@ pub enum ToSuccessor {
     Refused {
         reason: String,
     },
+    /// Version 3, after `TookOver`: a batch of paused streams; the frame's
+    /// descriptors are each stream's client and backend sockets, in order.
+    Streams {
+        streams: Vec<MovedStream>,
+    },
+    /// The batch the successor answered `Adopted` to is its own now.
+    Commit,
+    /// The batch stays with the predecessor (it gave up waiting): close
+    /// your copies, never poll them.
+    Resume,
+    /// No more streams; `staying` drain in the predecessor.
+    StreamsEnd {
+        staying: u64,
+    },
+}
+
+/// A paused stream as it travels: where it belongs, how far it got, and
+/// the bytes read from one side and not yet written to the other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MovedStream {
+    pub listener: String,
+    pub cluster: String,
+    pub backend: String,
+    pub backend_addr: SocketAddr,
+    /// As the logs show it (the PROXY source where one was read).
+    pub client: SocketAddr,
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// When the client connected, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Times it moved before this move.
+    pub migrated: u32,
+    pub received: u64,
+    pub sent: u64,
+    /// Client's FIN already passed to the backend.
+    pub up_shut: bool,
+    /// Backend's FIN already passed to the client.
+    pub down_shut: bool,
+    /// ms since the last byte moved.
+    pub idle_ms: u64,
+    #[serde(with = "hex")]
+    pub up_pending: Vec<u8>,
+    #[serde(with = "hex")]
+    pub down_pending: Vec<u8>,
+}
+
+/// Bytes as a hex string: JSON has no bytes, and an array of numbers would
+/// be four times the size.
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push(DIGITS[(b >> 4) as usize] as char);
+            out.push(DIGITS[(b & 15) as usize] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(D::Error::custom("odd number of hex digits"));
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(D::Error::custom("not a lowercase hex digit")),
+        };
+        text.as_bytes()
+            .chunks(2)
+            .map(|pair| Ok((digit(pair[0])? << 4) | digit(pair[1])?))
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,6 +192,12 @@ pub enum FromSuccessor {
     /// Version 2: the successor got `Released`, and serves admin and
     /// control; the predecessor may close its sockets.
     TookOver,
+    /// Version 3: the successor holds the batch and will serve it on
+    /// `Commit`; the streams at these indexes it cannot serve (its config
+    /// has no such listener or cluster) stay with the predecessor.
+    Adopted {
+        refused: Vec<usize>,
+    },
 }
 
 /// A draining process's periodic report to the accepting one.
@@ -117,4 +208,37 @@ pub struct DrainReport {
     pub connections: u64,
     pub elapsed_seconds: f64,
     pub counts: CounterSnapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_stream_keeps_every_pending_byte() {
+        let stream = MovedStream {
+            listener: "web".into(),
+            cluster: "app".into(),
+            backend: "127.0.0.1:9".into(),
+            backend_addr: "127.0.0.1:9".parse().expect("an address"),
+            client: "[::1]:5".parse().expect("an address"),
+            sni: Some("a.test".into()),
+            started_ms: 1,
+            migrated: 2,
+            received: 3,
+            sent: 4,
+            up_shut: true,
+            down_shut: false,
+            idle_ms: 5,
+            up_pending: (0..=255).collect(),
+            down_pending: Vec::new(),
+        };
+        let text = serde_json::to_string(&stream).expect("serializes");
+        assert!(text.contains("\"up_pending\":\"000102"), "{text}");
+        let back: MovedStream = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back.up_pending, stream.up_pending);
+        assert!(back.down_pending.is_empty());
+        let odd = text.replace("\"down_pending\":\"\"", "\"down_pending\":\"abc\"");
+        assert!(serde_json::from_str::<MovedStream>(&odd).is_err());
+    }
 }

@@ -843,3 +843,31 @@ pub fn stop_pid(pid: i32) {
     let _ = Command::new("kill").arg(pid.to_string()).status();
     wait_until(Duration::from_secs(20), "process stops", || !pid_alive(pid));
 }
+
+/// A ClientHello naming `name`, padded with an extension of `pad` bytes.
+pub fn client_hello(name: &str, pad: usize) -> Vec<u8> {
+    let n = name.len();
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&0u16.to_be_bytes());
+    ext.extend_from_slice(&((n + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((n + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(n as u16).to_be_bytes());
+    ext.extend_from_slice(name.as_bytes());
+    ext.extend_from_slice(&21u16.to_be_bytes());
+    ext.extend_from_slice(&(pad as u16).to_be_bytes());
+    ext.extend(std::iter::repeat_n(0u8, pad));
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[9; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut out = vec![0x16, 3, 1];
+    out.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    out.extend_from_slice(&hs);
+    out
+}
