@@ -402,7 +402,7 @@ fn a_stopped_baton_is_running_not_stale() {
 fn the_control_socket_trusts_only_its_own() {
     let echo = Backend::echo();
     let mut config = ConfigBuilder::new(&[&echo]);
-    config.extra_top = "drain:\n  timeout: 30s\n".into();
+    config.extra_top = "drain:\n  timeout: 30s\nupgrade:\n  migrate: false\n".into();
     let baton = Baton::start(&config.yaml());
     let sock = baton.path("baton.sock");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;

@@ -48,7 +48,9 @@ fn assert_not_backwards(before: &BTreeMap<String, f64>, after: &BTreeMap<String,
 #[test]
 fn drain_progress_shows_on_the_successor_and_goes_away_with_it() {
     let echo = Backend::echo();
-    let config = ConfigBuilder::new(&[&echo]);
+    let mut config = ConfigBuilder::new(&[&echo]);
+    // This test is about draining: streams stay with the old process.
+    config.extra_top = "upgrade:\n  migrate: false\n".into();
     let mut baton = Baton::start(&config.yaml());
     let old = baton.pid();
     let mut streams = held_streams(config.listen, 4);
@@ -156,7 +158,7 @@ fn no_counter_goes_backwards_across_two_upgrades() {
 fn a_chain_of_upgrades_while_draining_and_the_max_draining_limit() {
     let echo = Backend::echo();
     let mut config = ConfigBuilder::new(&[&echo]);
-    config.extra_top = "upgrade:\n  max_draining: 2\n".into();
+    config.extra_top = "upgrade:\n  migrate: false\n  max_draining: 2\n".into();
     let baton = Baton::start(&config.yaml());
     let g0 = baton.pid();
     let s0 = held_streams(config.listen, 1);
@@ -211,7 +213,9 @@ fn a_chain_of_upgrades_while_draining_and_the_max_draining_limit() {
 #[test]
 fn a_killed_draining_predecessor_vanishes_and_clients_see_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let config = ConfigBuilder::new(&[&a, &b]);
+    let mut config = ConfigBuilder::new(&[&a, &b]);
+    // This test is about draining: streams stay with the old process.
+    config.extra_top = "upgrade:\n  migrate: false\n".into();
     let mut baton = Baton::start(&config.yaml());
     let old = baton.pid();
     let _held = held_streams(config.listen, 2);

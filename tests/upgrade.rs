@@ -95,7 +95,9 @@ fn twenty_upgrades_under_load_cost_no_client_anything() {
 #[test]
 fn a_hundred_long_streams_cross_an_upgrade_intact() {
     let echo = Backend::echo();
-    let config = ConfigBuilder::new(&[&echo]);
+    let mut config = ConfigBuilder::new(&[&echo]);
+    // This test is about draining: streams stay with the old process.
+    config.extra_top = "upgrade:\n  migrate: false\n".into();
     let mut baton = Baton::start(&config.yaml());
     let old = baton.pid();
     let mut streams: Vec<TcpStream> = (0..100)
@@ -168,7 +170,7 @@ fn a_hundred_long_streams_cross_an_upgrade_intact() {
 fn drain_timeout_cuts_what_remains_and_counts_it() {
     let echo = Backend::echo();
     let mut config = ConfigBuilder::new(&[&echo]);
-    config.extra_top = "drain:\n  timeout: 2s\n".into();
+    config.extra_top = "drain:\n  timeout: 2s\nupgrade:\n  migrate: false\n".into();
     let mut baton = Baton::start(&config.yaml());
     let old = baton.pid();
     let mut streams: Vec<TcpStream> = (0..3)
@@ -371,7 +373,9 @@ fn upgrade_without_a_predecessor_exits_1_and_binds_nothing() {
 #[test]
 fn a_draining_process_refuses_to_upgrade_and_ignores_sighup() {
     let echo = Backend::echo();
-    let config = ConfigBuilder::new(&[&echo]);
+    let mut config = ConfigBuilder::new(&[&echo]);
+    // This test is about draining: streams stay with the old process.
+    config.extra_top = "upgrade:\n  migrate: false\n".into();
     let baton = Baton::start(&config.yaml());
     let old = baton.pid();
     let held = TcpStream::connect(config.listen).unwrap();

@@ -96,6 +96,11 @@ pub struct History {
     /// Predecessors still draining, one entry per pid (at most
     /// `upgrade.max_draining` plus the one handing over).
     pub live: Vec<LiveCounts>,
+    /// The highest fractional value each series showed in the handing
+    /// process's scrapes (one entry per series): the successor never shows
+    /// less, even when its sum comes out one rounding step lower.
+    #[serde(default)]
+    pub shown: Vec<(String, Vec<(String, String)>, f64)>,
 }
 
 impl History {
@@ -314,6 +319,22 @@ pub(crate) struct HighWater {
 }
 
 impl HighWater {
+    /// What this process showed, for its successor.
+    pub(crate) fn export(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+        self.seen
+            .iter()
+            .map(|((name, labels), v)| (name.clone(), labels.clone(), *v))
+            .collect()
+    }
+
+    /// Starts from what the predecessor showed.
+    pub(crate) fn seed(&mut self, shown: &[(String, Vec<(String, String)>, f64)]) {
+        for (name, labels, value) in shown {
+            let seen = self.seen.entry(key_of(name, labels)).or_insert(*value);
+            *seen = seen.max(*value);
+        }
+    }
+
     /// Raises every float counter and histogram sum in `families` to at
     /// least what it showed before, and remembers the new values.
     pub(crate) fn hold(&mut self, families: &mut [MetricFamily]) {

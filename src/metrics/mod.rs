@@ -568,7 +568,12 @@ impl Metrics {
 
     /// Replaces what we know of earlier generations (a successor, from its
     /// predecessor's hand-over).
-    pub fn set_history(&self, history: History) {
+    pub fn set_history(&self, mut history: History) {
+        self.high_water
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .seed(&history.shown);
+        history.shown.clear();
         *self.history.lock().expect("metrics lock is never poisoned") = history;
     }
 
@@ -582,6 +587,11 @@ impl Metrics {
             .expect("metrics lock is never poisoned")
             .clone();
         history.set_live(pid, generation, self.own_counts());
+        history.shown = self
+            .high_water
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .export();
         history
     }
 
