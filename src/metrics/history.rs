@@ -41,6 +41,8 @@ pub struct CounterSeries {
 
 /// A series' identity: its name and its exact label set, sorted.
 type SeriesKey = (String, Vec<(String, String)>);
+/// A series' name, labels and the highest value it showed.
+pub type Shown = (String, Vec<(String, String)>, f64);
 
 fn key_of(name: &str, labels: &[(String, String)]) -> SeriesKey {
     let mut labels = labels.to_vec();
@@ -100,7 +102,7 @@ pub struct History {
     /// process's scrapes (one entry per series): the successor never shows
     /// less, even when its sum comes out one rounding step lower.
     #[serde(default)]
-    pub shown: Vec<(String, Vec<(String, String)>, f64)>,
+    pub shown: Vec<Shown>,
 }
 
 impl History {
@@ -320,7 +322,7 @@ pub(crate) struct HighWater {
 
 impl HighWater {
     /// What this process showed, for its successor.
-    pub(crate) fn export(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+    pub(crate) fn export(&self) -> Vec<Shown> {
         self.seen
             .iter()
             .map(|((name, labels), v)| (name.clone(), labels.clone(), *v))
@@ -328,7 +330,7 @@ impl HighWater {
     }
 
     /// Starts from what the predecessor showed.
-    pub(crate) fn seed(&mut self, shown: &[(String, Vec<(String, String)>, f64)]) {
+    pub(crate) fn seed(&mut self, shown: &[Shown]) {
         for (name, labels, value) in shown {
             let seen = self.seen.entry(key_of(name, labels)).or_insert(*value);
             *seen = seen.max(*value);
