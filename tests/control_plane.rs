@@ -521,25 +521,31 @@ fn metrics_never_go_backwards_while_scraped_every_2ms_across_20_upgrades() {
     let load = Load::start(config.listen, 4, 4);
     let admin = baton.admin;
     let stop = Arc::new(AtomicBool::new(false));
+    let scraped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let scraper = {
         let stop = stop.clone();
+        let scraped = scraped.clone();
         std::thread::spawn(move || {
             let mut last: BTreeMap<String, f64> = BTreeMap::new();
+            let mut last_gen = None;
             let (mut scrapes, mut regressions) = (0, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((200, body)) = http_get(admin, "/metrics") {
                     let now = cumulative(&body);
+                    let generation = metric_value(&body, "baton_process_generation");
                     for (series, old) in &last {
                         match now.get(series) {
-                            Some(new) if new < old => {
-                                regressions.push(format!("{series}: {old} -> {new}"))
-                            }
+                            Some(new) if new < old => regressions.push(format!(
+                                "{series}: {old} -> {new} (generation {last_gen:?} -> {generation:?})"
+                            )),
                             None => regressions.push(format!("{series} disappeared")),
                             _ => {}
                         }
                     }
                     last = now;
+                    last_gen = generation;
                     scrapes += 1;
+                    scraped.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -552,6 +558,10 @@ fn metrics_never_go_backwards_while_scraped_every_2ms_across_20_upgrades() {
         assert!(ok, "upgrade {i}: {out}");
         pid = wait_new_pid(&baton, pid);
     }
+    // Upgrades can be quicker than 40 scrapes: scrape on a little.
+    wait_until(Duration::from_secs(10), "40 scrapes", || {
+        scraped.load(Ordering::Relaxed) >= 40
+    });
     stop.store(true, Ordering::Relaxed);
     let (scrapes, regressions) = scraper.join().unwrap();
     let errors = load.finish();

@@ -678,6 +678,44 @@ impl BackendMetrics {
 mod tests {
     use super::*;
 
+    fn migration_sum(m: &Metrics) -> f64 {
+        let text = String::from_utf8(m.encode()).expect("utf-8");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("baton_migration_duration_seconds_sum"))
+            .expect("the series");
+        line.rsplit_once(' ')
+            .expect("a value")
+            .1
+            .parse()
+            .expect("a float")
+    }
+
+    #[test]
+    fn a_successor_never_shows_less_than_its_predecessor_showed() {
+        // Three generations whose sums, re-added in another order after a
+        // fold, come out one rounding step apart.
+        let (a, b, c) = (Metrics::new(0), Metrics::new(1), Metrics::new(2));
+        a.migration_duration.observe(0.1);
+        b.migration_duration.observe(0.2);
+        c.migration_duration.observe(0.3);
+        // c holds a and b as live predecessors, and shows the sum.
+        c.set_live(1, 0, a.own_counts());
+        c.set_live(2, 1, b.own_counts());
+        let shown = migration_sum(&c);
+        // Its successor gets them with b folded first, a later.
+        let mut history = c.hand_on(3, 2);
+        history.fold(2);
+        history.fold(1);
+        let d = Metrics::new(3);
+        d.set_history(history);
+        assert!(
+            migration_sum(&d) >= shown,
+            "{} < {shown}",
+            migration_sum(&d)
+        );
+    }
+
     #[test]
     fn earlier_generations_add_by_exact_label_set() {
         let old = Metrics::new(0);

@@ -166,29 +166,34 @@ pub async fn proxy(
     let end = {
         let up_pending = std::mem::take(&mut flow.up.pending);
         let down_pending = std::mem::take(&mut flow.down.pending);
-        let upstream = pump(
-            client,
-            backend,
-            up_pending,
-            received,
-            &up_bytes,
-            &last_activity,
-            start,
-            &pausing,
-        );
-        let downstream = pump(
-            backend,
-            client,
-            down_pending,
-            sent,
-            &down_bytes,
-            &last_activity,
-            start,
-            &pausing,
-        );
         let (up_left, down_left) = (&mut up_left, &mut down_left);
         let (mut up_done, mut down_done) = (flow.up.shut, flow.down.shut);
+        let (last_activity, pausing) = (&last_activity, &pausing);
+        let (up_bytes, down_bytes) = (&up_bytes, &down_bytes);
+        // The pumps are made inside and the whole is pinned here: a future
+        // moved into another is stored twice, and this one lives as long
+        // as the connection.
         let both = async move {
+            let upstream = pump(
+                client,
+                backend,
+                up_pending,
+                received,
+                up_bytes,
+                last_activity,
+                start,
+                pausing,
+            );
+            let downstream = pump(
+                backend,
+                client,
+                down_pending,
+                sent,
+                down_bytes,
+                last_activity,
+                start,
+                pausing,
+            );
             tokio::pin!(upstream, downstream);
             let mut paused = false;
             while !(up_done && down_done) {
@@ -221,7 +226,8 @@ pub async fn proxy(
             }
             if paused { End::Paused } else { End::Closed }
         };
-        supervise(both, idle_timeout, &last_activity, start, stops, &pausing).await
+        tokio::pin!(both);
+        supervise(both, idle_timeout, last_activity, start, stops, pausing).await
     };
     flow.bytes.received += up_bytes.load(Ordering::Relaxed);
     flow.bytes.sent += down_bytes.load(Ordering::Relaxed);
@@ -326,7 +332,10 @@ async fn pump(
     }
     drop(pending);
     loop {
-        match unless_paused(pausing, src.readable()).await {
+        // poll_read_ready keeps its waker in the socket's own slot: no
+        // waiter node in this future, which lives as long as the stream.
+        let readable = std::future::poll_fn(|cx| src.poll_read_ready(cx));
+        match unless_paused(pausing, readable).await {
             None => return Ok(Pumped::Paused(Vec::new())),
             Some(ready) => ready.map_err(Side::Reading)?,
         }
@@ -388,7 +397,8 @@ async fn write_until_paused(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match unless_paused(pausing, dst.writable()).await {
+                let writable = std::future::poll_fn(|cx| dst.poll_write_ready(cx));
+                match unless_paused(pausing, writable).await {
                     None => return Ok(written),
                     Some(ready) => ready?,
                 }
@@ -774,5 +784,33 @@ mod tests {
         assert!(got == data, "every byte, in order");
         assert_eq!(flow.bytes.received, data.len() as u64);
         drop(writer.await.unwrap());
+    }
+
+    /// The copy lives as long as the stream, inside every connection's
+    /// task: a future moved into another (stored twice) or a waiter node
+    /// per readiness wait shows here first. 1,624 bytes when pinned.
+    #[tokio::test]
+    async fn the_copy_of_a_plain_stream_stays_small() {
+        let (a, b) = pair().await;
+        let (received, sent) = counters();
+        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
+        let pause = AtomicBool::new(false);
+        let stops = Stops {
+            interrupt: &interrupt,
+            force: &force,
+            pause: &pause,
+        };
+        let mut flow = Flow::default();
+        let copy = proxy(
+            &a,
+            &b,
+            &mut flow,
+            Duration::from_secs(1),
+            &received,
+            &sent,
+            stops,
+        );
+        let size = std::mem::size_of_val(&copy);
+        assert!(size <= 1800, "the plain copy future is {size} bytes");
     }
 }
