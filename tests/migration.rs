@@ -594,6 +594,11 @@ fn a_successor_killed_before_it_answers_a_batch_leaves_every_stream_with_the_old
             log.contains("they stay and drain here"),
             "{step}: the old process says it resumed them:\n{log}"
         );
+        // It took over before it died: the upgrade itself succeeded.
+        assert!(
+            !log.contains("upgrade rolled back"),
+            "{step}: not counted as a failed upgrade:\n{log}"
+        );
         drop(streams);
         wait_gone(
             old,
