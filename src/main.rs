@@ -45,7 +45,12 @@ enum Command {
         upgrade: bool,
     },
     /// Validate a config: exit 0 if valid, 1 with every error if not.
-    Check,
+    Check {
+        /// `text` (one line per problem, as editors jump to them) or `json`
+        /// (an array of {severity, file, line, column, path, message}).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+    },
     /// Ask the running baton to reload its config; exit 0 once it is live.
     Reload {
         /// Print what would change without applying it.
@@ -69,7 +74,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run { upgrade: false }) {
-        Command::Check => check(&cli.config),
+        Command::Check { format } => check(&cli.config, format),
         Command::Run { upgrade } => run(&cli.config, cli.log_format, upgrade),
         Command::Upgrade { binary } => upgrade(&socket(&cli.config, cli.control_socket), binary),
         Command::Reload { dry_run } => reload(&socket(&cli.config, cli.control_socket), dry_run),
@@ -77,29 +82,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            for w in &config.warnings {
-                let at = w
-                    .position
-                    .map(|(l, c)| format!(":{l}:{c}"))
-                    .unwrap_or_default();
-                eprintln!(
-                    "warning: {}{at}: {}: {}",
-                    config.path.display(),
-                    w.path,
-                    w.message
-                );
-            }
-            println!("{}: ok: {}", config.path.display(), config.summary());
-            ExitCode::SUCCESS
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
+fn check(path: &Path, format: CheckFormat) -> ExitCode {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let (config, errors, warnings) = match Config::load(path) {
+        Ok(mut config) => {
+            let warnings = std::mem::take(&mut config.warnings);
+            (Some(config), Vec::new(), warnings)
         }
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!("{} error(s)", e.problems.len());
-            ExitCode::FAILURE
+        Err(e) => (None, e.problems, e.warnings),
+    };
+    if format == CheckFormat::Json {
+        let all: Vec<serde_json::Value> = errors
+            .iter()
+            .map(|p| p.to_json("error", &absolute))
+            .chain(warnings.iter().map(|p| p.to_json("warning", &absolute)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("JSON values serialize")
+        );
+    } else {
+        for e in &errors {
+            eprintln!("{}", e.display(&absolute));
         }
+        for w in &warnings {
+            eprintln!("warning: {}", w.display(&absolute));
+        }
+        match &config {
+            Some(config) => println!("{}: ok: {}", absolute.display(), config.summary()),
+            None => eprintln!("{} error(s), {} warning(s)", errors.len(), warnings.len()),
+        }
+    }
+    if config.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -133,6 +156,7 @@ fn run(path: &Path, log_format: LogFormat, upgrade: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    config.log_warnings();
     let options = RunOptions {
         exe: own_path(),
         log_format,

@@ -54,6 +54,9 @@ pub async fn prepare(old: Arc<Snapshot>, dry_run: bool) -> Result<Prepared, Relo
     let new = tokio::task::spawn_blocking(move || Config::load(&path))
         .await
         .map_err(|e| ReloadError::Internal(e.to_string()))??;
+    if !dry_run {
+        new.log_warnings();
+    }
     let diff = config::diff(&old.config, &new);
     let mut bound = Vec::new();
     let mut admin = None;

@@ -490,3 +490,43 @@ fn a_down_backend_stays_down_across_a_reload_that_keeps_it() {
         "a down backend gets no connections: {seen:?}"
     );
 }
+
+#[test]
+fn a_refused_reload_names_every_mistake_and_warnings_are_logged() {
+    let a = Backend::start("a");
+    let mut config = ConfigBuilder::new(&[&a]);
+    // A warning at start: a name looked up ten times a second.
+    config.cluster_extra = "    resolve_interval: 100ms\n".into();
+    let good = config.yaml();
+    let baton = Baton::start(&good);
+    wait_until(
+        Duration::from_secs(5),
+        "the start-up warning in the log",
+        || baton.log().contains("config warning") && baton.log().contains("resolve_interval"),
+    );
+    let bad = good
+        .replace("pid_file:", "pid_fil:")
+        .replace("cluster: app", "cluster: nope")
+        .replace("resolve_interval: 100ms", "resolve_interval: soon");
+    baton.write_config(&bad);
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(!ok, "{out}");
+    for want in [
+        "pid_fil",
+        "did you mean `pid_file`",
+        "listeners[0].cluster",
+        "clusters[0].resolve_interval",
+        "invalid duration",
+    ] {
+        assert!(out.contains(want), "the refusal lacks {want:?}:\n{out}");
+        assert!(baton.log().contains(want), "the log lacks {want:?}");
+    }
+    // The old config still serves; a good reload logs its warning again.
+    let (_s, name) = connect_named(config.listen);
+    assert_eq!(name, "a");
+    baton.write_config(&good);
+    let before = baton.log().matches("config warning").count();
+    let (ok, out) = baton.ctl(&["reload"]);
+    assert!(ok, "{out}");
+    assert!(baton.log().matches("config warning").count() > before);
+}

@@ -53,7 +53,11 @@ pub struct FileUpgrade {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListener {
+    // Required keys default to empty so that a missing one is reported
+    // with the rest (by `validate`), not instead of them.
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub listen: String,
     /// Required, except that with `sni_routes` it is the route for names
     /// that match none (and may be left out to close those).
@@ -100,6 +104,7 @@ pub struct FileTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackendTls {
+    #[serde(default)]
     pub server_name: String,
     pub ca: Option<String>,
 }
@@ -107,13 +112,16 @@ pub struct FileBackendTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCertificate {
+    #[serde(default)]
     pub cert: String,
+    #[serde(default)]
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub balance: BalanceKind,
@@ -163,6 +171,7 @@ pub struct FileHealthCheck {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
+    #[serde(default)]
     pub address: String,
     pub weight: Option<u32>,
 }

@@ -5,6 +5,7 @@
 mod diff;
 mod file;
 mod lines;
+mod tree;
 mod validate;
 
 use std::fmt;
@@ -110,33 +111,83 @@ impl Config {
         let text = std::fs::read_to_string(&absolute).map_err(|e| ConfigError {
             file: absolute.clone(),
             problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
+            warnings: Vec::new(),
         })?;
         Config::from_text(&absolute, &text)
     }
 
-    /// Parses and validates `text` as if read from `path`.
+    /// Parses and validates `text` as if read from `path`: every problem
+    /// at once (only a YAML syntax error stops at the first).
     pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        };
-        let file = parse(text).map_err(|p| fail(vec![p]))?;
-        let base = path.parent().unwrap_or(Path::new("/"));
         let index = LineIndex::new(text);
         let place = |mut problems: Vec<Problem>| {
             for problem in &mut problems {
-                problem.position = index.find(&problem.path);
+                if problem.position.is_none() {
+                    problem.position = index.find(&problem.path);
+                }
+                // A problem with the whole document is at its start.
+                if problem.position.is_none() && problem.path.is_empty() {
+                    problem.position = Some((1, 1));
+                }
             }
             // In file order, as an editor shows them.
             problems.sort_by_key(|p| p.position.unwrap_or((usize::MAX, 0)));
             problems
         };
-        match validate::validate(file, path, base) {
-            Ok(mut config) => {
-                config.warnings = place(std::mem::take(&mut config.warnings));
+        let fail = |problems, warnings| ConfigError {
+            file: path.to_path_buf(),
+            problems: place(problems),
+            warnings: place(warnings),
+        };
+        let (tree, mut problems) = match tree::build(text) {
+            Ok(built) => built,
+            // The reference parser's reading, and its words, when it has any.
+            Err(ours) => match yaml_value(text) {
+                Ok(value) => (value, Vec::new()),
+                Err(theirs) => return Err(fail(vec![theirs.unwrap_or(ours)], Vec::new())),
+            },
+        };
+        let mut unreadable = Vec::new();
+        let file: Option<FileConfig> = tree::collect(tree, &mut unreadable);
+        let Some(file) = file else {
+            problems.extend(unreadable);
+            return Err(fail(problems, Vec::new()));
+        };
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let (config, semantic, warnings) = validate::validate(file, path, base);
+        // A key already reported as unreadable is not reported again as
+        // missing or invalid.
+        let under = |p: &str, q: &str| {
+            p == q || (p.starts_with(q) && matches!(p.as_bytes().get(q.len()), Some(b'.' | b'[')))
+        };
+        let semantic: Vec<Problem> = semantic
+            .into_iter()
+            .filter(|s| !unreadable.iter().any(|u| under(&s.path, &u.path)))
+            .collect();
+        problems.extend(unreadable);
+        problems.extend(semantic);
+        match config {
+            Some(mut config) if problems.is_empty() => {
+                config.warnings = place(warnings);
                 Ok(config)
             }
-            Err(problems) => Err(fail(place(problems))),
+            _ => Err(fail(problems, warnings)),
+        }
+    }
+
+    /// Logs every warning (at start and at each reload, as `check` prints
+    /// them).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            let (line, column) = w.position.unwrap_or((0, 0));
+            tracing::warn!(
+                file = %self.path.display(),
+                line,
+                column,
+                path = %w.path,
+                "config warning: {}",
+                w.message
+            );
         }
     }
 
@@ -157,27 +208,27 @@ impl Config {
     }
 }
 
-/// Syntax and type errors stop at the first one, with its key path and position.
-fn parse(text: &str) -> Result<FileConfig, Problem> {
+/// `text` as serde_yaml reads it; its syntax error with key path and
+/// position when it cannot.
+fn yaml_value(text: &str) -> Result<serde_yaml::Value, Option<Problem>> {
     let deserializer = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let position = inner.location().map(|l| (l.line(), l.column()));
-        // serde_yaml appends its own position; we print ours in front.
+        // serde_yaml appends its own position; ours is printed in front.
         let mut message = inner.to_string();
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        // ... and sometimes its own copy of the path.
         if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
             message = rest.to_string();
         }
-        Problem {
+        Some(Problem {
             path: if path == "." { String::new() } else { path },
             position,
-            message,
-        }
+            message: format!("YAML syntax: {message}"),
+        })
     })
 }
 
@@ -222,6 +273,36 @@ impl Problem {
 pub struct ConfigError {
     pub file: PathBuf,
     pub problems: Vec<Problem>,
+    /// Found beside the errors; they alone would not stop the config.
+    pub warnings: Vec<Problem>,
+}
+
+impl Problem {
+    /// `file:line:column: path: message`, the way editors jump to it.
+    pub fn display(&self, file: &Path) -> String {
+        let mut out = file.display().to_string();
+        if let Some((line, column)) = self.position {
+            out.push_str(&format!(":{line}:{column}"));
+        }
+        if self.path.is_empty() {
+            out.push_str(&format!(": {}", self.message));
+        } else {
+            out.push_str(&format!(": {}: {}", self.path, self.message));
+        }
+        out
+    }
+
+    /// One entry of `check --format json`.
+    pub fn to_json(&self, severity: &str, file: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "severity": severity,
+            "file": file.display().to_string(),
+            "line": self.position.map(|p| p.0),
+            "column": self.position.map(|p| p.1),
+            "path": self.path,
+            "message": self.message,
+        })
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -230,15 +311,7 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file.display())?;
-            if let Some((line, column)) = p.position {
-                write!(f, ":{line}:{column}")?;
-            }
-            if p.path.is_empty() {
-                write!(f, ": {}", p.message)?;
-            } else {
-                write!(f, ": {}: {}", p.path, p.message)?;
-            }
+            write!(f, "{}", p.display(&self.file))?;
         }
         Ok(())
     }

@@ -35,9 +35,25 @@ pub const DEFAULT_FALL: u32 = 3;
 /// precomputed from them.
 pub const MAX_WEIGHT: u32 = 256;
 
-pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Vec<Problem>> {
-    let mut v = Validator::default();
+/// The longest duration any setting takes: longer is a typo (`30d` for
+/// `30s`) or an overflow waiting to happen.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A certificate expiring sooner than this is a warning.
+const EXPIRY_WARNING: i64 = 14 * 24 * 3600;
 
+/// The checked config (when nothing is wrong), every problem, and the
+/// warnings, which never stop a config.
+pub fn validate(
+    file: FileConfig,
+    path: &Path,
+    base: &Path,
+) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
+    let mut v = Validator::default();
+    let config = build(&mut v, file, path, base);
+    (config, v.problems, v.warnings)
+}
+
+fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Option<Config> {
     let admin_listen = v.socket_addr(
         "admin.listen",
         file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
@@ -50,6 +66,10 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
     );
     let pid_file = file.pid_file.as_deref().map(|p| base.join(p));
     let drain_timeout = v.duration("drain.timeout", file.drain.timeout, DEFAULT_DRAIN_TIMEOUT);
+    if let Some(message) = systemd_stop_timeout().and_then(|stop| stop_warning(drain_timeout, stop))
+    {
+        v.warnings.push(Problem::new("drain.timeout", message));
+    }
     let ready_timeout = v.duration(
         "upgrade.ready_timeout",
         file.upgrade.ready_timeout,
@@ -101,9 +121,9 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
     }
 
     if !v.problems.is_empty() {
-        return Err(v.problems);
+        return None;
     }
-    Ok(Config {
+    Some(Config {
         path: path.to_path_buf(),
         admin_listen: admin_listen.expect("admin.listen was checked above"),
         control_socket,
@@ -117,7 +137,37 @@ pub fn validate(file: FileConfig, path: &Path, base: &Path) -> Result<Config, Ve
         },
         listeners,
         clusters,
-        warnings: v.warnings,
+        warnings: Vec::new(),
+    })
+}
+
+/// The stop timeout of the systemd unit this process runs in, when one is
+/// visible: under systemd (`INVOCATION_ID`), the unit that
+/// `/proc/self/cgroup` names, as `systemctl show` reports it.
+fn systemd_stop_timeout() -> Option<Duration> {
+    std::env::var_os("INVOCATION_ID")?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let unit = cgroup
+        .lines()
+        .find_map(|l| l.rsplit('/').find(|s| s.ends_with(".service")))?
+        .to_string();
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "-P", "TimeoutStopUSec", &unit])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    // "1min 30s", "5min"; "infinity" parses to nothing, and warns of nothing.
+    humantime::parse_duration(String::from_utf8_lossy(&out.stdout).trim()).ok()
+}
+
+/// A drain that systemd would cut short with SIGKILL.
+fn stop_warning(drain: Duration, stop: Duration) -> Option<String> {
+    (drain >= stop).then(|| {
+        format!(
+            "{} is not shorter than the unit's TimeoutStopSec ({}): systemd kills baton before the drain ends; raise TimeoutStopSec",
+            humantime::format_duration(drain),
+            humantime::format_duration(stop)
+        )
     })
 }
 
@@ -145,7 +195,19 @@ impl Validator {
     }
 
     fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        if text.trim().is_empty() {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            self.problem(path, format!("missing field `{key}` (required)"));
+            return None;
+        }
         match text.trim().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.problem(
+                    path,
+                    format!("{text:?}: the port must be 1 to 65535, not 0"),
+                );
+                None
+            }
             Ok(addr) => Some(addr),
             Err(_) => {
                 self.problem(
@@ -165,6 +227,16 @@ impl Validator {
                 self.problem(path, "must be longer than zero");
                 default
             }
+            Some(FileDuration(d)) if d > MAX_DURATION => {
+                self.problem(
+                    path,
+                    format!(
+                        "{:.1} days is too long: at most 30 days (30d)",
+                        d.as_secs_f64() / 86_400.0
+                    ),
+                );
+                default
+            }
             Some(FileDuration(d)) => d,
             None => default,
         }
@@ -174,7 +246,10 @@ impl Validator {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in names.enumerate() {
             if name.trim().is_empty() {
-                self.problem(&format!("{list}[{i}].name"), "must not be empty");
+                self.problem(
+                    &format!("{list}[{i}].name"),
+                    "missing field `name` (required, not empty)",
+                );
             } else if let Some(first) = seen.insert(name, i) {
                 self.problem(
                     &format!("{list}[{i}].name"),
@@ -253,12 +328,37 @@ impl Validator {
             }
             let mut certificates = Vec::new();
             for (j, c) in t.certificates.iter().enumerate() {
+                let missing = [("cert", &c.cert), ("key", &c.key)]
+                    .into_iter()
+                    .filter(|(_, v)| v.trim().is_empty())
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>();
+                if !missing.is_empty() {
+                    for key in missing {
+                        self.problem(
+                            &format!("listeners[{i}].tls.certificates[{j}].{key}"),
+                            format!("missing field `{key}` (required)"),
+                        );
+                    }
+                    continue;
+                }
                 match crate::tls::load_certificate(base, &c.cert, &c.key) {
                     Ok(loaded) => {
-                        if loaded.not_after < now_unix() {
+                        let left = loaded.not_after - now_unix();
+                        let at = format!("listeners[{i}].tls.certificates[{j}].cert");
+                        if left < 0 {
                             self.warnings.push(Problem::new(
-                                format!("listeners[{i}].tls.certificates[{j}].cert"),
+                                at,
                                 format!("certificate {} has expired", c.cert),
+                            ));
+                        } else if left < EXPIRY_WARNING {
+                            self.warnings.push(Problem::new(
+                                at,
+                                format!(
+                                    "certificate {} expires in {} day(s)",
+                                    c.cert,
+                                    left / 86_400
+                                ),
                             ));
                         }
                         certificates.push(loaded);
@@ -309,6 +409,15 @@ impl Validator {
             c.resolve_interval,
             DEFAULT_RESOLVE_INTERVAL,
         );
+        if resolve_interval < Duration::from_secs(1) {
+            self.warnings.push(Problem::new(
+                at("resolve_interval"),
+                format!(
+                    "{} is shorter than 1s: every backend name is looked up that often",
+                    humantime::format_duration(resolve_interval)
+                ),
+            ));
+        }
         let health_check = c.health_check.as_ref().map(|h| {
             let hc = HealthCheckConfig {
                 interval: self.duration(
@@ -354,6 +463,10 @@ impl Validator {
                     format!("{:?} is listed twice in this cluster", b.address),
                 );
             }
+            if b.address.trim().is_empty() {
+                self.problem(&at("address"), "missing field `address` (required)");
+                continue;
+            }
             match resolve(&b.address) {
                 Ok(resolved) => backends.push(BackendConfig {
                     address: b.address.clone(),
@@ -373,11 +486,19 @@ impl Validator {
                             None
                         }
                     });
+            if t.server_name.trim().is_empty() {
+                self.problem(
+                    &at("tls.server_name"),
+                    "missing field `server_name` (required)",
+                );
+            }
             let config = BackendTlsConfig {
                 server_name: t.server_name.clone(),
                 ca,
             };
-            if let Err(e) = crate::tls::backend_tls(&config) {
+            if !config.server_name.trim().is_empty()
+                && let Err(e) = crate::tls::backend_tls(&config)
+            {
                 self.problem(&at("tls"), e.to_string());
             }
             config
@@ -415,6 +536,9 @@ pub fn set_resolver(resolver: Resolver) -> bool {
 /// Resolves `HOST:PORT` (an IP or a DNS name) to every address it names.
 pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{address:?}: the port must be 1 to 65535, not 0"));
+        }
         return Ok(vec![addr]);
     }
     let Some((host, port)) = address.rsplit_once(':') else {
@@ -423,6 +547,9 @@ pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     let (true, Ok(port)) = (!host.is_empty(), port.parse::<u16>()) else {
         return Err(format!("{address:?} is not HOST:PORT"));
     };
+    if port == 0 {
+        return Err(format!("{address:?}: the port must be 1 to 65535, not 0"));
+    }
     if let Some(resolver) = RESOLVER.get() {
         return resolver(host, port);
     }
@@ -483,6 +610,15 @@ mod tests {
         assert!(collide(a("[::]:80"), a("127.0.0.1:80")));
         assert!(!collide(a("127.0.0.1:80"), a("127.0.0.2:80")));
         assert!(!collide(a("0.0.0.0:80"), a("0.0.0.0:81")));
+    }
+
+    #[test]
+    fn a_drain_longer_than_the_units_stop_timeout_is_a_warning() {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert!(stop_warning(minutes(5), minutes(6)).is_none());
+        let warning = stop_warning(minutes(5), minutes(5)).expect("equal is too long");
+        assert!(warning.contains("TimeoutStopSec (5m)"), "{warning}");
+        assert!(stop_warning(minutes(10), Duration::from_secs(90)).is_some());
     }
 
     #[test]
