@@ -49,6 +49,39 @@ fn leaf(ca: &Ca, dir: &Path, file: &str, cn: &str, sans: &[&str], expired: bool)
     std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
 }
 
+/// The civil date `days` from today (UTC), for certificate lifetimes.
+fn date_in(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant).
+    let z = now / 86_400 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
+}
+
+/// A leaf that expires `days` from now.
+fn leaf_expiring(ca: &Ca, dir: &Path, file: &str, cn: &str, days: i64) {
+    let mut params = CertificateParams::new(vec![cn.to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let (y, m, d) = date_in(-30);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = date_in(days);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+}
+
 /// Accepts any certificate: the tests look at which one was served.
 #[derive(Debug)]
 struct AnyCert;
@@ -351,6 +384,14 @@ fn check_refuses_a_mismatched_key_and_warns_of_an_expired_certificate() {
         ok && out.contains("warning") && out.contains("expired"),
         "{out}"
     );
+    // Within 14 days of its end: a warning too, with the days left.
+    leaf_expiring(&ca, dir.path(), "soon", "soon.test", 5);
+    let (ok, out) = check(dir.path(), &yaml("soon.pem", "soon.key"));
+    let days_left = out.contains("expires in 4 day(s)") || out.contains("expires in 5 day(s)");
+    assert!(ok && out.contains("warning") && days_left, "{out}");
+    leaf_expiring(&ca, dir.path(), "later", "later.test", 60);
+    let (ok, out) = check(dir.path(), &yaml("later.pem", "later.key"));
+    assert!(ok && !out.contains("warning"), "{out}");
 }
 
 /// A TLS echo server with the given certificate, for one connection at a time.
