@@ -15,6 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The crypto provider: ring builds with a C compiler alone (aws-lc-rs also
@@ -206,8 +207,38 @@ impl ResolvesServerCert for BySni {
 
 /// A listener's TLS, built once per config generation.
 pub struct ListenerTls {
-    pub acceptor: TlsAcceptor,
+    acceptor: TlsAcceptor,
+    /// The same config without ALPN, when ALPN is configured: a client that
+    /// offers none of our protocols is served without ALPN (as nginx and
+    /// HAProxy do), where rustls alone would refuse it.
+    without_alpn: Option<Arc<ServerConfig>>,
     pub handshake_timeout: Duration,
+}
+
+impl ListenerTls {
+    /// The server side of a handshake on `stream`.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let Some(without_alpn) = &self.without_alpn else {
+            return self.acceptor.accept(stream).await;
+        };
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        let ours = &self.acceptor.config().alpn_protocols;
+        let overlap = match start.client_hello().alpn() {
+            None => true,
+            Some(mut offered) => offered.any(|p| ours.iter().any(|o| o.as_slice() == p)),
+        };
+        let config = if overlap {
+            self.acceptor.config().clone()
+        } else {
+            without_alpn.clone()
+        };
+        start.into_stream(config).await
+    }
 }
 
 pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, TlsError> {
@@ -251,9 +282,12 @@ pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, TlsError>
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
     }
+    // Same certificates, tickets and session cache: only ALPN differs.
+    let without_alpn = (!config.alpn.is_empty()).then(|| Arc::new(server.clone()));
     server.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(ListenerTls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
+        without_alpn,
         handshake_timeout: config.handshake_timeout,
     })
 }

@@ -254,6 +254,29 @@ fn tls_1_2_and_1_3_both_work_and_alpn_is_negotiated() {
 }
 
 #[test]
+fn a_client_offering_none_of_our_alpn_protocols_is_served_without_alpn() {
+    let echo = Backend::echo();
+    let (config, baton) = site_baton(&echo, "      alpn: [h2, http/1.1]\n");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut cfg = (*client_config(&[version])).clone();
+        cfg.alpn_protocols = vec![b"spdy/3".to_vec(), b"imap".to_vec()];
+        // tls_connect echoes through the stream: served, not refused.
+        let stream = tls_connect(config.listen, "site.test", &Arc::new(cfg));
+        assert_eq!(stream.conn.alpn_protocol(), None, "no ALPN agreed");
+        // One that overlaps still gets its protocol.
+        let mut cfg = (*client_config(&[version])).clone();
+        cfg.alpn_protocols = vec![b"imap".to_vec(), b"h2".to_vec()];
+        let stream = tls_connect(config.listen, "site.test", &Arc::new(cfg));
+        assert_eq!(stream.conn.alpn_protocol(), Some(&b"h2"[..]));
+    }
+    assert_eq!(
+        baton.metric("baton_connections_rejected_total{listener=\"web\",reason=\"tls_handshake\"}"),
+        Some(0.0),
+        "no handshake counted as failed"
+    );
+}
+
+#[test]
 fn session_resumption_can_be_refused() {
     let echo = Backend::echo();
     for (resume, want) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {

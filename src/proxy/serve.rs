@@ -260,7 +260,7 @@ async fn client_stream(
     match &route.tls {
         Some(tls) => {
             let handshake =
-                tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(client));
+                tokio::time::timeout(tls.handshake_timeout, Box::pin(tls.accept(client)));
             match unless_forced(force, handshake).await? {
                 Ok(Ok(stream)) => {
                     let sni = stream
@@ -655,13 +655,67 @@ fn client_local_addr(client: &ClientStream) -> Option<SocketAddr> {
     }
 }
 
-/// Accept errors that concern one connection only; the next accept works.
+/// Accept errors that concern one connection only, retried at once: those
+/// accept(2) says to retry (pending network errors of the new socket, and
+/// EPERM from a firewall rule). Anything else — EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM, or an error we do not know — backs off instead of spinning.
 fn is_per_connection(e: &io::Error) -> bool {
+    use nix::libc::{
+        ECONNABORTED, EHOSTDOWN, EHOSTUNREACH, ENETDOWN, ENETUNREACH, ENONET, ENOPROTOOPT,
+        EOPNOTSUPP, EPERM, EPROTO,
+    };
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
-    ) || e.raw_os_error() == Some(nix::libc::EPROTO)
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            ECONNABORTED
+                | ENETDOWN
+                | EPROTO
+                | ENOPROTOOPT
+                | EHOSTDOWN
+                | ENONET
+                | EHOSTUNREACH
+                | EOPNOTSUPP
+                | ENETUNREACH
+                | EPERM
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_retries_what_the_man_page_says_and_backs_off_on_exhaustion() {
+        use nix::libc::*;
+        for errno in [
+            ECONNABORTED,
+            ENETDOWN,
+            EPROTO,
+            ENOPROTOOPT,
+            EHOSTDOWN,
+            ENONET,
+            EHOSTUNREACH,
+            EOPNOTSUPP,
+            ENETUNREACH,
+            EPERM,
+        ] {
+            assert!(
+                is_per_connection(&io::Error::from_raw_os_error(errno)),
+                "errno {errno} is retried at once"
+            );
+        }
+        for errno in [EMFILE, ENFILE, ENOBUFS, ENOMEM, EBADF] {
+            assert!(
+                !is_per_connection(&io::Error::from_raw_os_error(errno)),
+                "errno {errno} backs off"
+            );
+        }
+    }
 }
