@@ -266,3 +266,66 @@ fn every_metric_the_dashboard_and_alerts_query_exists() {
         );
     }
 }
+
+/// Sockets `pid` holds (entries of /proc/PID/fd that are sockets).
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().starts_with("socket:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn five_thousand_scrapers_that_never_read_cost_admin_a_bounded_amount() {
+    let a = Backend::start("a");
+    let config = ConfigBuilder::new(&[&a]);
+    let baton = Baton::start(&config.yaml());
+    let (rss_before, sockets_before) = (baton.rss_kib(), sockets_of(baton.pid()));
+    let mut abusers = Vec::new();
+    for _ in 0..5000 {
+        let Ok(mut s) = std::net::TcpStream::connect(baton.admin) else {
+            continue;
+        };
+        // Asks, and never reads the answer.
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        abusers.push(s);
+    }
+    assert!(abusers.len() > 4000, "{} connected", abusers.len());
+    // At most admin.max_connections (64) held at any moment.
+    let held = sockets_of(baton.pid()).saturating_sub(sockets_before);
+    assert!(held <= 64, "{held} admin connections held");
+    // A well-behaved scraper (one that tries again when a full server
+    // closes it, as admin.max_connections says) is answered within 1 s;
+    // the proxy is untouched.
+    let started = std::time::Instant::now();
+    let answer = loop {
+        match http_get(baton.admin, "/metrics") {
+            Ok(answer) => break answer,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "no answer within 1 s: {e}"
+            ),
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.0, 200);
+    assert!(answer.1.contains("baton_connections_accepted_total"));
+    for _ in 0..20 {
+        let (_s, name) = connect_named(config.listen);
+        assert_eq!(name, "a");
+    }
+    let grown = baton.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    drop(abusers);
+}

@@ -27,6 +27,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub listen: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,8 @@ pub struct Config {
     /// The file it came from, absolute; reloads read it again.
     pub path: PathBuf,
     pub admin_listen: SocketAddr,
+    /// Admin connections open at once; past it, accepted and closed.
+    pub admin_max_connections: usize,
     pub control_socket: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub drain_timeout: Duration,

@@ -16,6 +16,7 @@ use super::{
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONTROL_SOCKET: &str = "baton.sock";
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIGRATE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +59,13 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
         "admin.listen",
         file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     );
+    let admin_max_connections = file
+        .admin
+        .max_connections
+        .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS);
+    if admin_max_connections == 0 {
+        v.problem("admin.max_connections", "must be at least 1");
+    }
     let control_socket = base.join(
         file.control
             .socket
@@ -126,6 +134,7 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
     Some(Config {
         path: path.to_path_buf(),
         admin_listen: admin_listen.expect("admin.listen was checked above"),
+        admin_max_connections: admin_max_connections as usize,
         control_socket,
         pid_file,
         drain_timeout,
