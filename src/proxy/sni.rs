@@ -26,45 +26,81 @@ pub enum SniError {
 /// The SNI host name of the ClientHello at the start of `buf` (`None` when
 /// it sends none). The hello may span several TLS records.
 pub fn server_name(buf: &[u8]) -> Result<Option<String>, SniError> {
-    let mut handshake = Vec::new();
-    let mut at = 0;
-    loop {
-        if buf.len() < at + 5 {
-            return Err(if at == 0 && !buf.is_empty() && buf[0] != 0x16 {
-                SniError::NotTls
-            } else {
-                SniError::Incomplete
-            });
-        }
-        if buf[at] != 0x16 {
+    HelloParser::default().push(buf)
+}
+
+/// A ClientHello read as it arrives, in as many segments as it takes: each
+/// byte is looked at once, so a hello sent a byte at a time costs what one
+/// sent whole does (re-parsing everything per read would be quadratic).
+#[derive(Debug, Default)]
+pub struct HelloParser {
+    /// How much of the bytes given so far has been looked at.
+    next: usize,
+    /// Payload bytes of the current record still to come; 0 before a
+    /// record header.
+    record_left: usize,
+    /// The handshake message, gathered from the records' payloads.
+    handshake: Vec<u8>,
+    /// Its whole length (4 + body) once the header is in.
+    need: Option<usize>,
+    /// Bytes examined so far (for the tests of linearity).
+    examined: usize,
+}
+
+impl HelloParser {
+    /// Looks at what `buf` — every byte read so far, the earlier ones
+    /// unchanged — adds since the last call.
+    pub fn push(&mut self, buf: &[u8]) -> Result<Option<String>, SniError> {
+        if self.next == 0 && !buf.is_empty() && buf[0] != 0x16 {
             return Err(SniError::NotTls);
         }
-        if buf[at + 1] != 0x03 {
-            return Err(SniError::NotTls);
-        }
-        let len = u16::from_be_bytes([buf[at + 3], buf[at + 4]]) as usize;
-        if len == 0 || len > 16384 {
-            return Err(SniError::Malformed("record length"));
-        }
-        let end = at + 5 + len;
-        let available = &buf[at + 5..end.min(buf.len())];
-        handshake.extend_from_slice(available);
-        if handshake.len() >= 4 {
-            if handshake[0] != 0x01 {
-                return Err(SniError::NotTls);
+        while self.next < buf.len() {
+            if self.record_left == 0 {
+                let Some(header) = buf.get(self.next..self.next + 5) else {
+                    return Err(SniError::Incomplete);
+                };
+                self.examined += 5;
+                if header[0] != 0x16 || header[1] != 0x03 {
+                    return Err(SniError::NotTls);
+                }
+                let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+                if len == 0 || len > 16384 {
+                    return Err(SniError::Malformed("record length"));
+                }
+                self.record_left = len;
+                self.next += 5;
+                continue;
             }
-            let body = u32::from_be_bytes([0, handshake[1], handshake[2], handshake[3]]) as usize;
-            if body > MAX_HELLO {
-                return Err(SniError::TooLong);
+            let take = self.record_left.min(buf.len() - self.next);
+            self.handshake
+                .extend_from_slice(&buf[self.next..self.next + take]);
+            self.examined += take;
+            self.next += take;
+            self.record_left -= take;
+            if self.need.is_none() && self.handshake.len() >= 4 {
+                if self.handshake[0] != 0x01 {
+                    return Err(SniError::NotTls);
+                }
+                let h = &self.handshake;
+                let body = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
+                if body > MAX_HELLO {
+                    return Err(SniError::TooLong);
+                }
+                self.need = Some(4 + body);
             }
-            if handshake.len() >= 4 + body {
-                return parse_hello(&handshake[4..4 + body]);
+            if let Some(need) = self.need
+                && self.handshake.len() >= need
+            {
+                self.examined += need;
+                return parse_hello(&self.handshake[4..need]);
             }
         }
-        if end > buf.len() {
-            return Err(SniError::Incomplete);
-        }
-        at = end;
+        Err(SniError::Incomplete)
+    }
+
+    /// Bytes examined so far.
+    pub fn examined(&self) -> usize {
+        self.examined
     }
 }
 
@@ -141,6 +177,7 @@ pub async fn peek(
     timeout: Duration,
 ) -> (Vec<u8>, Result<Option<String>, SniError>) {
     let mut buf = Vec::with_capacity(2048);
+    let mut parser = HelloParser::default();
     let result = tokio::time::timeout(timeout, async {
         let mut chunk = [0u8; 4096];
         loop {
@@ -156,7 +193,7 @@ pub async fn peek(
                 return Err(SniError::Incomplete);
             }
             buf.extend_from_slice(&chunk[..n]);
-            match server_name(&buf) {
+            match parser.push(&buf) {
                 Err(SniError::Incomplete) => continue,
                 other => return other,
             }
@@ -231,6 +268,23 @@ mod tests {
         assert_eq!(
             server_name(&hello(Some("pq.test"), 9000, 16384)),
             Ok(Some("pq.test".into()))
+        );
+    }
+
+    #[test]
+    fn a_hello_a_byte_at_a_time_is_parsed_in_linear_work() {
+        let h = hello(Some("slow.test"), 9000, 300);
+        let mut parser = HelloParser::default();
+        for end in 1..h.len() {
+            assert_eq!(parser.push(&h[..end]), Err(SniError::Incomplete), "{end}");
+        }
+        assert_eq!(parser.push(&h), Ok(Some("slow.test".into())));
+        // Each byte once as it arrives, the message once more to parse it.
+        assert!(
+            parser.examined() <= 2 * h.len(),
+            "{} bytes examined for a {}-byte hello",
+            parser.examined(),
+            h.len()
         );
     }
 
