@@ -483,8 +483,7 @@ for pid, gen in ((os.getpid(), 77), (known, 0)):
             .any(|(_, labels, _)| labels.get("generation").is_some_and(|g| g == "77")),
         "an unknown pid's drain series exported"
     );
-    let log = baton.log();
-    assert!(log.contains("drain report dropped"), "{log}");
+    baton.wait_for_log("drain report dropped");
     drop(held);
     wait_until(Duration::from_secs(10), "predecessor gone", || {
         !pid_alive(old)

@@ -257,6 +257,20 @@ impl Baton {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the log holds `text`: lines reach the file from baton's
+    /// log writer thread, a moment after what they tell.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {text:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn metrics(&self) -> String {
         let (status, body) = http_get(self.admin, "/metrics").expect("admin answers");
         assert_eq!(status, 200);
