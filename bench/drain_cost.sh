@@ -3,23 +3,7 @@
 # reports cost. Usage: bench/drain_cost.sh [streams]
 source "$(dirname "$0")/lib.sh"
 n=${1:-2000}
-python3 - "$WORK/echo.port" <<'PY' &
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data); await w.drain()
-    except Exception:
-        pass
-    w.close()
-async def main():
-    srv = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=4096)
-    open(sys.argv[1], "w").write(str(srv.sockets[0].getsockname()[1]))
-    await srv.serve_forever()
-asyncio.run(main())
-PY
-PIDS+=($!)
-for _ in $(seq 50); do [ -s "$WORK/echo.port" ] && break; sleep 0.1; done
+start_echo
 cat > "$WORK/config.yaml" <<CONF
 admin: { listen: 127.0.0.1:19971 }
 control: { socket: $WORK/baton.sock }
@@ -28,7 +12,7 @@ drain: { timeout: 5m }
 listeners:
   - { name: web, listen: 127.0.0.1:19970, cluster: app }
 clusters:
-  - { name: app, backends: [ { address: "127.0.0.1:$(cat "$WORK/echo.port")" } ] }
+  - { name: app, backends: [ { address: "127.0.0.1:$(echo_port)" } ] }
 CONF
 start_baton "$WORK/config.yaml" 127.0.0.1:19971
 old=$(cat "$WORK/baton.pid")

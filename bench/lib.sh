@@ -54,3 +54,26 @@ wrk_close() {
     /Non-2xx/ {non2xx=$0}
     END {print rps, (err==""?"no socket errors":err), (non2xx==""?"":non2xx)}'
 }
+
+# An echo server (python asyncio) on 127.0.0.1, any port: echo_port prints it.
+start_echo() {
+  python3 - "$WORK/echo.port" <<'PY' &
+import asyncio, sys
+async def echo(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data); await w.drain()
+    except Exception:
+        pass
+    w.close()
+async def main():
+    srv = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=8192)
+    open(sys.argv[1], "w").write(str(srv.sockets[0].getsockname()[1]))
+    await srv.serve_forever()
+asyncio.run(main())
+PY
+  PIDS+=($!)
+  for _ in $(seq 50); do [ -s "$WORK/echo.port" ] && break; sleep 0.1; done
+}
+echo_port() { cat "$WORK/echo.port"; }
+

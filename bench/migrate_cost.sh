@@ -13,23 +13,7 @@ ulimit -n "$hard"
 if [ "$hard" != unlimited ] && [ $((n * 2 + 100)) -gt "$hard" ]; then
   echo "RLIMIT_NOFILE hard limit $hard allows at most $(( (hard - 100) / 2 )) streams" >&2; exit 1
 fi
-python3 - "$WORK/echo.port" <<'PY' &
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data); await w.drain()
-    except Exception:
-        pass
-    w.close()
-async def main():
-    srv = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=8192)
-    open(sys.argv[1], "w").write(str(srv.sockets[0].getsockname()[1]))
-    await srv.serve_forever()
-asyncio.run(main())
-PY
-PIDS+=($!)
-for _ in $(seq 50); do [ -s "$WORK/echo.port" ] && break; sleep 0.1; done
+start_echo
 cat > "$WORK/config.yaml" <<CONF
 admin: { listen: 127.0.0.1:19981 }
 control: { socket: $WORK/baton.sock }
@@ -38,7 +22,7 @@ drain: { timeout: 5m }
 listeners:
   - { name: web, listen: 127.0.0.1:19980, cluster: app, max_connections: $((n + 100)) }
 clusters:
-  - { name: app, backends: [ { address: "127.0.0.1:$(cat "$WORK/echo.port")" } ] }
+  - { name: app, backends: [ { address: "127.0.0.1:$(echo_port)" } ] }
 CONF
 start_baton "$WORK/config.yaml" 127.0.0.1:19981
 old=$(cat "$WORK/baton.pid")

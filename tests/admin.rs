@@ -267,21 +267,6 @@ fn every_metric_the_dashboard_and_alerts_query_exists() {
     }
 }
 
-/// Sockets `pid` holds (entries of /proc/PID/fd that are sockets).
-fn sockets_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .map(|l| l.to_string_lossy().starts_with("socket:"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn five_thousand_scrapers_that_never_read_cost_admin_a_bounded_amount() {
     let a = Backend::start("a");

@@ -76,16 +76,8 @@ fn upgrades_right_after_a_take_over_never_fail_under_load() {
     let http = HttpBackend::start();
     let mut config = ConfigBuilder::new(&[&a, &b]);
     config.extra_top = "upgrade:\n  max_draining: 64\ndrain:\n  timeout: 60s\n".into();
-    let http_port = free_port();
-    let yaml = config.yaml().replace(
-        "clusters:\n",
-        &format!(
-            "  - {{ name: http, listen: \"127.0.0.1:{http_port}\", cluster: web_app }}\nclusters:\n  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
-            http.addr
-        ),
-    );
+    let (yaml, http_addr) = config.with_http_listener(&http);
     let baton = Baton::start(&yaml);
-    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     let load = Load::start(config.listen, 30, 0);
     let keep_alive = KeepAlive::start(http_addr, 10, 20);
 

@@ -36,21 +36,6 @@ fn round_trip(s: &mut TcpStream, i: usize, round: usize) {
     assert_eq!(back, message.as_bytes(), "stream {i} round {round}");
 }
 
-/// Sockets of `pid` (entries of /proc/PID/fd that are sockets).
-fn sockets_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .map(|l| l.to_string_lossy().starts_with("socket:"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 fn upgrade(baton: &Baton) -> String {
     let (ok, out) = baton.ctl(&["upgrade"]);
     assert!(ok, "upgrade: {out}\n{}", baton.log());
@@ -664,16 +649,8 @@ fn twenty_chained_upgrades_under_load_never_leave_more_than_two_processes() {
     let http = HttpBackend::start();
     let mut config = ConfigBuilder::new(&[&a, &b]);
     config.extra_top = "drain:\n  timeout: 5m\n".into();
-    let http_port = free_port();
-    let yaml = config.yaml().replace(
-        "clusters:\n",
-        &format!(
-            "  - {{ name: http, listen: \"127.0.0.1:{http_port}\", cluster: web_app }}\nclusters:\n  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
-            http.addr
-        ),
-    );
+    let (yaml, http_addr) = config.with_http_listener(&http);
     let baton = Baton::start(&yaml);
-    let http_addr = SocketAddr::from(([127, 0, 0, 1], http_port));
     let load = Load::start(config.listen, 4, 200);
     let keep_alive = KeepAlive::start(http_addr, 4, 50);
     let mut pids = vec![baton.pid()];

@@ -284,6 +284,11 @@ fn local_connect_errors_never_mark_a_backend_down() {
             continue;
         }
         assert_eq!(metric_value(&text, &healthy), Some(1.0), "{text}");
+        // The dropped clients' connections are gone (their descriptors
+        // free again), so the next one has what it needs.
+        wait_until(Duration::from_secs(10), "old connections closed", || {
+            baton.metric("baton_connections_active{listener=\"web\"}") == Some(0.0)
+        });
         // Served at once: no ejection back-off to wait out.
         let mut s = TcpStream::connect(config.listen).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

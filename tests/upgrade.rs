@@ -32,17 +32,9 @@ fn twenty_upgrades_under_load_cost_no_client_anything() {
     let http = HttpBackend::start();
     let mut config = ConfigBuilder::new(&[&a, &b]);
     config.extra_top = "upgrade:\n  max_draining: 25\ndrain:\n  timeout: 60s\n".into();
-    let http_port = free_port();
-    let yaml = config.yaml().replace(
-        "clusters:\n",
-        &format!(
-            "  - {{ name: http, listen: \"127.0.0.1:{http_port}\", cluster: web_app }}\nclusters:\n  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
-            http.addr
-        ),
-    );
+    let (yaml, http_addr) = config.with_http_listener(&http);
     let mut baton = Baton::start(&yaml);
     let first = baton.pid();
-    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
 
     let load = Load::start(config.listen, 3, 4);
     let keep_alive = KeepAlive::start(http_addr, 2, 20);

@@ -690,6 +690,24 @@ mod tests {
         assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     }
 
+    /// The tokens and flag a plain copy is stopped by, owned by a test.
+    #[derive(Default)]
+    struct TestStops {
+        interrupt: CancellationToken,
+        force: CancellationToken,
+        pause: AtomicBool,
+    }
+
+    impl TestStops {
+        fn stops(&self) -> Stops<'_> {
+            Stops {
+                interrupt: &self.interrupt,
+                force: &self.force,
+                pause: &self.pause,
+            }
+        }
+    }
+
     /// Two connected loopback sockets.
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -713,13 +731,8 @@ mod tests {
             client
         });
         let (received, sent) = counters();
-        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
-        let pause = AtomicBool::new(false);
-        let stops = Stops {
-            interrupt: &interrupt,
-            force: &force,
-            pause: &pause,
-        };
+        let test_stops = TestStops::default();
+        let stops = test_stops.stops();
         let mut flow = Flow::default();
         let copy = proxy(
             &client_side,
@@ -732,8 +745,8 @@ mod tests {
         );
         let pausing = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            pause.store(true, Ordering::Release);
-            interrupt.cancel();
+            test_stops.pause.store(true, Ordering::Release);
+            test_stops.interrupt.cancel();
         };
         let (end, ()) = tokio::join!(copy, pausing);
         assert!(matches!(end, End::Paused), "{}", end.as_str());
@@ -746,18 +759,13 @@ mod tests {
         assert_eq!(received.get(), written_before);
 
         // Go on (as the new process would): pending bytes first, then the rest.
-        pause.store(false, Ordering::Release);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             backend.read_to_end(&mut got).await.unwrap();
             (got, backend)
         });
-        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
-        let stops = Stops {
-            interrupt: &interrupt,
-            force: &force,
-            pause: &pause,
-        };
+        let fresh = TestStops::default();
+        let stops = fresh.stops();
         let end = tokio::time::timeout(Duration::from_secs(20), async {
             // The backend's FIN ends the other direction.
             let copy = proxy(
@@ -793,13 +801,8 @@ mod tests {
     async fn the_copy_of_a_plain_stream_stays_small() {
         let (a, b) = pair().await;
         let (received, sent) = counters();
-        let (interrupt, force) = (CancellationToken::new(), CancellationToken::new());
-        let pause = AtomicBool::new(false);
-        let stops = Stops {
-            interrupt: &interrupt,
-            force: &force,
-            pause: &pause,
-        };
+        let test_stops = TestStops::default();
+        let stops = test_stops.stops();
         let mut flow = Flow::default();
         let copy = proxy(
             &a,

@@ -885,3 +885,34 @@ pub fn client_hello(name: &str, pad: usize) -> Vec<u8> {
     out.extend_from_slice(&hs);
     out
 }
+
+impl ConfigBuilder {
+    /// This config plus a listener `http` on a free port in front of
+    /// `backend` (cluster `web_app`): the YAML and the listener's address.
+    pub fn with_http_listener(&self, backend: &HttpBackend) -> (String, SocketAddr) {
+        let port = free_port();
+        let yaml = self.yaml().replace(
+            "clusters:\n",
+            &format!(
+                "  - {{ name: http, listen: \"127.0.0.1:{port}\", cluster: web_app }}\nclusters:\n  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
+                backend.addr
+            ),
+        );
+        (yaml, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+/// Sockets `pid` holds (entries of /proc/PID/fd that are sockets).
+pub fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().starts_with("socket:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
