@@ -407,11 +407,11 @@ fn proxy_protocol_and_sni_passthrough_streams_move_with_their_client_address() {
     config.listener_extra = "    proxy_protocol: { accept: true, send: v1 }\n".into();
     config.extra_top = "drain:\n  timeout: 5m\n".into();
     let sni_port = free_port();
-    let yaml = config.yaml().replace(
-        "clusters:\n",
+    let yaml = config.with_more(
         &format!(
-            "  - name: sni\n    listen: \"127.0.0.1:{sni_port}\"\n    cluster: app\n    sni_routes:\n      \"a.test\": app\nclusters:\n"
+            "  - name: sni\n    listen: \"127.0.0.1:{sni_port}\"\n    cluster: app\n    sni_routes:\n      \"a.test\": app\n"
         ),
+        "",
     );
     // The echo backend returns the PROXY v1 line baton sends first.
     let baton = Baton::start(&yaml);
@@ -470,11 +470,9 @@ fn streams_of_a_listener_the_new_config_lacks_stay_and_drain() {
     let mut config = ConfigBuilder::new(&[&echo]);
     config.extra_top = "drain:\n  timeout: 5m\n".into();
     let api_port = free_port();
-    let with_api = config.yaml().replace(
-        "clusters:\n",
-        &format!(
-            "  - {{ name: api, listen: \"127.0.0.1:{api_port}\", cluster: app }}\nclusters:\n"
-        ),
+    let with_api = config.with_more(
+        &format!("  - {{ name: api, listen: \"127.0.0.1:{api_port}\", cluster: app }}\n"),
+        "",
     );
     let baton = Baton::start(&with_api);
     let old = baton.pid();
@@ -550,6 +548,20 @@ fn paused_successor(baton: &Baton, step: &str) -> i32 {
     pid
 }
 
+/// A baton whose successors stop at `step` of a migration (see the module
+/// doc), with streams that could wait on a drain for minutes.
+fn baton_pausing_at(step: &str) -> (Backend, ConfigBuilder, Baton) {
+    let echo = Backend::start("a");
+    let mut config = ConfigBuilder::new(&[&echo]);
+    config.extra_top = "drain:\n  timeout: 5m\nupgrade:\n  migrate_timeout: 30s\n".into();
+    let baton = Baton::start_opts(
+        &config.yaml(),
+        None,
+        &[("BATON_TEST_MIGRATION_PAUSE", step)],
+    );
+    (echo, config, baton)
+}
+
 fn kill9(pid: i32) {
     let ok = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -563,14 +575,7 @@ fn kill9(pid: i32) {
 #[test]
 fn a_successor_killed_before_it_answers_a_batch_leaves_every_stream_with_the_old_process() {
     for step in ["read:1", "answer:1"] {
-        let echo = Backend::start("a");
-        let mut config = ConfigBuilder::new(&[&echo]);
-        config.extra_top = "drain:\n  timeout: 5m\nupgrade:\n  migrate_timeout: 30s\n".into();
-        let baton = Baton::start_opts(
-            &config.yaml(),
-            None,
-            &[("BATON_TEST_MIGRATION_PAUSE", step)],
-        );
+        let (_echo, config, baton) = baton_pausing_at(step);
         let old = baton.pid();
         let mut streams = echo_streams(config.listen, 20);
         baton.signal("USR2");
@@ -600,14 +605,7 @@ fn a_successor_killed_before_it_answers_a_batch_leaves_every_stream_with_the_old
 
 #[test]
 fn a_successor_killed_between_batches_keeps_what_it_committed_and_the_rest_stays() {
-    let echo = Backend::start("a");
-    let mut config = ConfigBuilder::new(&[&echo]);
-    config.extra_top = "drain:\n  timeout: 5m\nupgrade:\n  migrate_timeout: 30s\n".into();
-    let baton = Baton::start_opts(
-        &config.yaml(),
-        None,
-        &[("BATON_TEST_MIGRATION_PAUSE", "read:2")],
-    );
+    let (_echo, config, baton) = baton_pausing_at("read:2");
     let old = baton.pid();
     // 125 streams fill a batch: 200 make at least two.
     let mut streams = echo_streams(config.listen, 200);

@@ -891,14 +891,21 @@ impl ConfigBuilder {
     /// `backend` (cluster `web_app`): the YAML and the listener's address.
     pub fn with_http_listener(&self, backend: &HttpBackend) -> (String, SocketAddr) {
         let port = free_port();
-        let yaml = self.yaml().replace(
-            "clusters:\n",
+        let yaml = self.with_more(
+            &format!("  - {{ name: http, listen: \"127.0.0.1:{port}\", cluster: web_app }}\n"),
             &format!(
-                "  - {{ name: http, listen: \"127.0.0.1:{port}\", cluster: web_app }}\nclusters:\n  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
+                "  - name: web_app\n    backends: [ {{ address: \"{}\" }} ]\n",
                 backend.addr
             ),
         );
         (yaml, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// This config with more `listeners` (after `web`) and more `clusters`
+    /// (before `app`), each given as YAML list items.
+    pub fn with_more(&self, listeners: &str, clusters: &str) -> String {
+        self.yaml()
+            .replace("clusters:\n", &format!("{listeners}clusters:\n{clusters}"))
     }
 }
 
