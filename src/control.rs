@@ -131,10 +131,7 @@ pub enum ControlError {
 #[derive(Debug)]
 pub enum Message {
     /// `status`, `reload`, `upgrade`.
-    Command {
-        command: Command,
-        reply: oneshot::Sender<Response>,
-    },
+    Command { command: Command, reply: Reply },
     /// A successor started from outside asks for the sockets; the rest of
     /// `stream` is the hand-over protocol.
     Handover {
@@ -153,6 +150,29 @@ pub enum Message {
     },
     /// The report connection of `pid` closed: it exited (or died).
     DrainEnded { pid: u32 },
+}
+
+/// Where the answer to a command goes. A process about to exit (the old
+/// one, once `baton upgrade`'s streams moved) waits until the answer is
+/// written, or the client would see the connection close instead.
+#[derive(Debug)]
+pub struct Reply {
+    answer: oneshot::Sender<Response>,
+    written: oneshot::Receiver<()>,
+}
+
+impl Reply {
+    /// Hands the answer to the connection that asked; false if it is gone.
+    pub fn send(self, response: Response) -> bool {
+        self.answer.send(response).is_ok()
+    }
+
+    /// As `send`, then waits (at most `limit`) until it was written.
+    pub async fn send_written(self, response: Response, limit: Duration) {
+        if self.answer.send(response).is_ok() {
+            let _ = tokio::time::timeout(limit, self.written).await;
+        }
+    }
 }
 
 /// Binds the control socket with a restrictive umask (never briefly
@@ -345,18 +365,28 @@ async fn connection(stream: UnixStream, peer: u32, to: mpsc::Sender<Message>) ->
                 Response::ok()
             }
             Ok(request) => {
-                let (reply, answer) = oneshot::channel();
+                let (answer_tx, answer) = oneshot::channel();
+                let (done, written) = oneshot::channel();
+                let reply = Reply {
+                    answer: answer_tx,
+                    written,
+                };
                 let message = Message::Command {
                     command: request.command,
                     reply,
                 };
-                if to.send(message).await.is_err() {
+                let response = if to.send(message).await.is_err() {
                     Response::error("this process is stopping")
                 } else {
                     answer
                         .await
                         .unwrap_or_else(|_| Response::error("this process is stopping"))
+                };
+                if let Err(e) = lines.get_mut().write_all(&line(&response)).await {
+                    break Err(e);
                 }
+                let _ = done.send(());
+                continue;
             }
             Err(e) => Response::error(format!("bad request: {e}")),
         };

@@ -127,7 +127,8 @@ fn check(path: &Path, format: CheckFormat) -> ExitCode {
 }
 
 fn run(path: &Path, log_format: LogFormat, upgrade: bool) -> ExitCode {
-    logging::init(log_format);
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log = logging::init(log_format);
     // The multi-thread runtime honours TOKIO_WORKER_THREADS; by default one
     // worker per core.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

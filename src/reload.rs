@@ -9,7 +9,7 @@ use crate::config::{self, Config, ConfigDiff, ConfigError};
 use crate::control::ReloadReport;
 use crate::proxy::Proxy;
 use crate::proxy::listener::bind;
-use crate::proxy::route::{BackendStates, Snapshot};
+use crate::proxy::route::{Kept, Snapshot};
 use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub struct Committed {
 pub fn commit(
     prepared: Prepared,
     proxy: &Proxy,
-    states: &BackendStates,
+    kept: &Kept,
     registry: &mut Registry,
 ) -> Result<Committed, ReloadError> {
     let Prepared {
@@ -143,7 +143,7 @@ pub fn commit(
     let metrics = &proxy.metrics;
     let new = Arc::new(new);
     let snapshot =
-        Snapshot::build(new.clone(), generation, states, metrics).map_err(ReloadError::Snapshot)?;
+        Snapshot::build(new.clone(), generation, kept, metrics).map_err(ReloadError::Snapshot)?;
     let snapshot = Arc::new(snapshot);
     // The swap: from here on every new connection sees the new config.
     metrics.declare(&new);

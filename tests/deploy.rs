@@ -94,3 +94,33 @@ fn the_deploy_config_checks_clean() {
     let (ok, out) = check(dir.path(), CONFIG);
     assert!(ok && !out.contains("warning"), "{out}");
 }
+
+/// `systemd-analyze verify` accepts the unit as shipped, with only the
+/// binary's path moved to the one built here (verify checks it exists).
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("baton.service");
+    std::fs::write(&unit, UNIT.replace("/usr/local/bin/baton", BATON)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze runs (.ci/run installs systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only lines about our unit count: verify also reads the units it
+    // names (network-online.target), which on a build machine may complain
+    // about themselves.
+    let ours: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("baton.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}

@@ -373,10 +373,16 @@ fn a_renewed_certificate_is_served_after_sighup_and_open_streams_continue() {
     wait_until(Duration::from_secs(5), "reloaded", || {
         baton.metric("baton_config_generation") == Some(2.0)
     });
+    // A full handshake gets the new certificate.
+    let fresh = client_config(&[&rustls::version::TLS13]);
     assert_eq!(
-        served_cn(&tls_connect(config.listen, "site.test", &client)),
+        served_cn(&tls_connect(config.listen, "site.test", &fresh)),
         "new.site.test"
     );
+    // A client holding a session resumes it across the reload (no
+    // certificate is sent on resumption: it keeps the one it checked).
+    let resumed = tls_connect(config.listen, "site.test", &client);
+    assert_eq!(resumed.conn.handshake_kind(), Some(HandshakeKind::Resumed));
     open.write_all(b"after").unwrap();
     let mut back = [0u8; 5];
     open.read_exact(&mut back).unwrap();
@@ -559,4 +565,194 @@ fn tls_terminated_streams_stay_with_the_old_process_which_exits_once_they_end() 
         !pid_alive(old)
     });
     assert!(pid_alive(new));
+}
+
+/// One `openssl s_client` connection to `site.test` at `addr` with
+/// `version` (`-tls1_2`, `-tls1_3`), saving its session to `save` or
+/// offering the one in `resume`; a line goes through the echo backend and
+/// back before it closes, so every ticket has arrived. Whether the
+/// handshake resumed.
+fn openssl_resumed(
+    addr: SocketAddr,
+    version: &str,
+    save: Option<&Path>,
+    resume: Option<&Path>,
+) -> bool {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", "site.test", version]);
+    if let Some(path) = save {
+        command.arg("-sess_out").arg(path);
+    }
+    if let Some(path) = resume {
+        command.arg("-sess_in").arg(path);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl runs (.ci/run installs it)");
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    stdin.write_all(b"resumption-probe\n").unwrap();
+    // Read until the echo is back: the handshake summary (New or Reused)
+    // came before it, and so did the tickets.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+            text.push_str(&line);
+            if line.contains("resumption-probe") {
+                let _ = tx.send(text.clone());
+            }
+            line.clear();
+        }
+        let _ = tx.send(text);
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("openssl s_client got its line back");
+    drop(stdin);
+    let _ = child.wait();
+    assert!(
+        text.contains("resumption-probe"),
+        "the line did not come back:\n{text}"
+    );
+    assert!(
+        text.contains("Reused,") || text.contains("New,"),
+        "no handshake summary:\n{text}"
+    );
+    text.contains("Reused,")
+}
+
+/// Sessions saved by openssl before `change`, one per TLS version; after
+/// it, whether each resumed.
+fn resumed_across(
+    baton_listen: SocketAddr,
+    dir: &Path,
+    change: impl FnOnce(),
+) -> Vec<(String, bool)> {
+    let versions = ["-tls1_2", "-tls1_3"];
+    for v in versions {
+        let session = dir.join(format!("session{v}"));
+        assert!(
+            !openssl_resumed(baton_listen, v, Some(&session), None),
+            "{v}: a first visit is a full handshake"
+        );
+        assert!(
+            openssl_resumed(baton_listen, v, None, Some(&session)),
+            "{v}: resumes before the change"
+        );
+    }
+    change();
+    versions
+        .iter()
+        .map(|v| {
+            let session = dir.join(format!("session{v}"));
+            (
+                v.to_string(),
+                openssl_resumed(baton_listen, v, None, Some(&session)),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sessions_resume_across_a_reload_and_an_upgrade() {
+    let echo = Backend::echo();
+    let (config, baton) = site_baton(&echo, "");
+    let sessions = tempfile::tempdir().unwrap();
+    let full = |what: &str| {
+        baton
+            .metric(&format!("baton_config_reloads_total{{result=\"{what}\"}}"))
+            .unwrap_or(0.0)
+    };
+    // A reload that rebuilds every listener's TLS (a new cluster setting).
+    let after_reload = resumed_across(config.listen, sessions.path(), || {
+        let yaml = std::fs::read_to_string(&baton.config_path).unwrap();
+        baton.write_config(&yaml.replace(
+            "clusters:\n  - name: app\n",
+            "clusters:\n  - name: app\n    connect_timeout: 3s\n",
+        ));
+        let (ok, out) = baton.ctl(&["reload"]);
+        assert!(ok, "{out}");
+        assert_eq!(full("success"), 1.0);
+    });
+    for (v, resumed) in after_reload {
+        assert!(
+            resumed,
+            "{v}: a session from before the reload resumes after it"
+        );
+    }
+    let old = baton.pid();
+    let after_upgrade = resumed_across(config.listen, sessions.path(), || {
+        let (ok, out) = baton.ctl(&["upgrade"]);
+        assert!(ok, "{out}");
+        wait_new_pid(&baton, old);
+    });
+    for (v, resumed) in after_upgrade {
+        assert!(
+            resumed,
+            "{v}: a session from before the upgrade resumes after it"
+        );
+    }
+}
+
+#[test]
+fn ticket_keys_rotate_and_the_previous_key_still_opens_tickets() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let dir = tempfile::tempdir().unwrap();
+    leaf(
+        &ca("test ca"),
+        dir.path(),
+        "site",
+        "site.test",
+        &["site.test"],
+        false,
+    );
+    let yaml = tls_config(&config, &["site"], "").replacen(
+        "listeners:",
+        "session_tickets:\n  rotation: 3s\nlisteners:",
+        1,
+    );
+    let baton = start_in(dir, &yaml);
+    let key_made = || {
+        baton
+            .metric("baton_tls_ticket_key_created_timestamp_seconds")
+            .expect("the ticket key's age is exported")
+    };
+    let next_key = |after: f64| {
+        let mut now = after;
+        wait_until(Duration::from_secs(10), "the ticket key rotates", || {
+            now = key_made();
+            now > after
+        });
+        now
+    };
+    // Right after a rotation, so the ticket's key has a whole period left.
+    let first = next_key(key_made());
+    let sessions = tempfile::tempdir().unwrap();
+    let session = sessions.path().join("session");
+    assert!(!openssl_resumed(
+        config.listen,
+        "-tls1_3",
+        Some(&session),
+        None
+    ));
+    let second = next_key(first);
+    assert!(
+        openssl_resumed(config.listen, "-tls1_3", None, Some(&session)),
+        "one rotation later the previous key opens the ticket"
+    );
+    next_key(second);
+    assert!(
+        !openssl_resumed(config.listen, "-tls1_3", None, Some(&session)),
+        "two rotations later the ticket's key is gone"
+    );
 }

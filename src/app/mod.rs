@@ -21,16 +21,17 @@ use crate::drain::Drain;
 use crate::logging::LogFormat;
 use crate::metrics::{History, Metrics};
 use crate::proxy::Proxy;
-use crate::proxy::route::{BackendStates, Snapshot};
+use crate::proxy::route::{Kept, Snapshot};
 use crate::registry::{NamedSockets, Registry};
 use crate::state::{Event, Machine};
 use crate::status::{BackendStatus, ClusterStatus, ListenerStatus, Status, StatusSource};
 use crate::systemd;
+use crate::tls::{Resumption, TicketKeys};
 use crate::upgrade::Inherited;
 use crate::upgrade::drains::{Drains, report_loop};
 use crate::upgrade::migrate;
 use crate::upgrade::successor::{self, Release};
-use crate::upgrade::wire::Header;
+use crate::upgrade::wire::{Header, TicketKey};
 
 use owner::{Ending, Owner, Signals};
 
@@ -63,25 +64,30 @@ pub(crate) struct Shared {
     pub machine: Machine,
     pub registry: Mutex<Registry>,
     pub drains: Mutex<Drains>,
-    pub backend_states: BackendStates,
+    /// What each new snapshot takes over from the one before.
+    pub kept: Kept,
     /// Streams arriving from our predecessor (a successor, until its
     /// predecessor ends the migration).
     pub receiving: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
-    fn new(config: Config, generation: u64, config_generation: u64) -> anyhow::Result<Shared> {
+    fn new(
+        config: Config,
+        generation: u64,
+        config_generation: u64,
+        tickets: TicketKeys,
+    ) -> anyhow::Result<Shared> {
         let metrics = Metrics::new(generation);
         metrics.declare(&config);
         metrics.config_generation.set(config_generation as i64);
-        let backend_states = BackendStates::default();
-        let snapshot = Snapshot::build(
-            Arc::new(config),
-            config_generation,
-            &backend_states,
-            &metrics,
-        )
-        .map_err(anyhow::Error::msg)?;
+        metrics.tls_ticket_key_created.set(tickets.created() as f64);
+        let kept = Kept {
+            backends: Default::default(),
+            resumption: Resumption::new(tickets),
+        };
+        let snapshot = Snapshot::build(Arc::new(config), config_generation, &kept, &metrics)
+            .map_err(anyhow::Error::msg)?;
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -94,7 +100,7 @@ impl Shared {
             generation,
             machine: Machine::default(),
             drains: Mutex::new(Drains::default()),
-            backend_states,
+            kept,
             receiving: Mutex::new(None),
         })
     }
@@ -206,7 +212,8 @@ async fn start_fresh(
         let _ = std::fs::remove_file(&config.control_socket);
         e
     };
-    let shared = Arc::new(Shared::new(config.clone(), 0, 1).map_err(cleanup)?);
+    let tickets = TicketKeys::new(config.ticket_rotation);
+    let shared = Arc::new(Shared::new(config.clone(), 0, 1, tickets).map_err(cleanup)?);
     let bound = Registry::adopt_or_bind(&config, &mut inherited);
     inherited.close_rest();
     let (bound, admin) = bound.map_err(|e| cleanup(e.into()))?;
@@ -387,10 +394,19 @@ fn prepare_successor(
     header: &Header,
     inherited: &mut Inherited,
 ) -> anyhow::Result<(Arc<Shared>, Option<PathBuf>, NamedSockets)> {
+    let tickets = TicketKeys::handed_on(
+        header
+            .ticket_keys
+            .iter()
+            .filter_map(TicketKey::material)
+            .collect(),
+        config.ticket_rotation,
+    );
     let shared = Arc::new(Shared::new(
         config.clone(),
         header.generation + 1,
         header.config_generation + 1,
+        tickets,
     )?);
     inherit_health(&shared, header);
     let adopted = Registry::adopt_or_bind(config, inherited);
@@ -550,10 +566,12 @@ async fn move_streams(shared: &Shared, handed: owner::HandedOver) {
     report.moved = outcome.moved;
     report.staying = outcome.staying;
     if let Some(reply) = reply {
-        let _ = reply.send(control::Response {
+        let answer = control::Response {
             upgrade: Some(report),
             ..control::Response::ok()
-        });
+        };
+        // This process may have nothing left to drain and exit next.
+        reply.send_written(answer, Duration::from_secs(2)).await;
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{RunOptions, Shared};
-use crate::control::{Command, Message, Response};
+use crate::control::{Command, Message, Reply, Response};
 use crate::dns;
 use crate::proxy::route::Snapshot;
 use crate::reload::{self, Prepared, ReloadError};
@@ -26,7 +26,9 @@ use crate::status::StatusSource;
 use crate::systemd;
 use crate::upgrade::coordinator::{self, Attempt, Progress, ReleaseOrder, Successor};
 use crate::upgrade::handover::{self, HandoverRequest};
-use crate::upgrade::wire::{HANDOVER_VERSION, Header, HealthState, SocketInfo, UpgradeReport};
+use crate::upgrade::wire::{
+    HANDOVER_VERSION, Header, HealthState, SocketInfo, TicketKey, UpgradeReport,
+};
 
 /// How the owner's life ended.
 #[derive(Debug)]
@@ -43,7 +45,7 @@ pub(crate) enum Ending {
 pub(crate) struct HandedOver {
     pub successor: Successor,
     /// `baton upgrade` waits for its answer until the streams moved.
-    pub reply: Option<oneshot::Sender<Response>>,
+    pub reply: Option<Reply>,
     pub report: UpgradeReport,
 }
 
@@ -92,7 +94,7 @@ struct Reloaded {
     result: Result<Prepared, ReloadError>,
     dry_run: bool,
     started: Instant,
-    reply: Option<oneshot::Sender<Response>>,
+    reply: Option<Reply>,
 }
 
 /// The upgrade attempt in flight.
@@ -103,7 +105,7 @@ struct Current {
     release: Option<oneshot::Sender<ReleaseOrder>>,
     via_control: Option<oneshot::Sender<(UnixStream, HandoverRequest)>>,
     cancel: CancellationToken,
-    reply: Option<oneshot::Sender<Response>>,
+    reply: Option<Reply>,
     started: Instant,
 }
 
@@ -163,6 +165,8 @@ impl Owner {
     /// store) and restarts health checks for it.
     pub fn install(&mut self, snapshot: Arc<Snapshot>) {
         self.shared.proxy.snapshot.store(snapshot.clone());
+        let tickets = &self.shared.kept.resumption.tickets;
+        tickets.set_rotation(snapshot.config.ticket_rotation);
         self.restart_health(&snapshot);
     }
 
@@ -171,7 +175,7 @@ impl Owner {
         if let Some(old) = self.health.replace(checks) {
             old.cancel();
         }
-        self.shared.backend_states.prune();
+        self.shared.kept.backends.prune();
     }
 
     /// Serves admin and control on the registry's sockets. A failure here
@@ -221,7 +225,10 @@ impl Owner {
                 }
                 Some(r) = self.reload_rx.recv() => self.on_reloaded(r),
                 Some(l) = self.dns_rx.recv() => self.on_resolved(l),
-                _ = sweep.tick() => self.shared.drains().sweep(&self.shared.proxy.metrics),
+                _ = sweep.tick() => {
+                    self.shared.drains().sweep(&self.shared.proxy.metrics);
+                    self.rotate_ticket_keys();
+                }
                 sig = signal => match sig {
                     Sig::Hup => self.reload(false, None),
                     Sig::Usr2 => self.upgrade(None, None),
@@ -247,6 +254,19 @@ impl Owner {
         }
         self.answer_while_draining();
         ending
+    }
+
+    /// A new session ticket key when the one in use is due. Not during an
+    /// upgrade: the successor holds a copy of the keys sent in the header.
+    fn rotate_ticket_keys(&self) {
+        let tickets = &self.shared.kept.resumption.tickets;
+        if self.state() != State::Serving || !tickets.due_in().is_zero() {
+            return;
+        }
+        tickets.rotate();
+        let metrics = &self.shared.proxy.metrics;
+        metrics.tls_ticket_key_created.set(tickets.created() as f64);
+        tracing::info!("session ticket key rotated; the previous one still opens its tickets");
     }
 
     /// A stop signal: now, or once the upgrade in flight is rolled back.
@@ -372,7 +392,7 @@ impl Owner {
         }
     }
 
-    fn reload(&mut self, dry_run: bool, reply: Option<oneshot::Sender<Response>>) {
+    fn reload(&mut self, dry_run: bool, reply: Option<Reply>) {
         let state = self.state();
         if state == State::Reloading && reply.is_none() {
             tracing::info!("SIGHUP during a reload: one more reload follows it");
@@ -420,7 +440,7 @@ impl Owner {
             reload::commit(
                 prepared,
                 &self.shared.proxy,
-                &self.shared.backend_states,
+                &self.shared.kept,
                 &mut registry,
             )
         });
@@ -484,7 +504,7 @@ impl Owner {
         match Snapshot::build(
             Arc::new(next),
             current.generation,
-            &self.shared.backend_states,
+            &self.shared.kept,
             &self.shared.proxy.metrics,
         ) {
             Ok(snapshot) => self.install(Arc::new(snapshot)),
@@ -524,8 +544,8 @@ impl Owner {
 
     /// SIGUSR2 or `baton upgrade`: spawn `<binary> run -c <config> --upgrade`
     /// with its own hand-over connection.
-    fn upgrade(&mut self, binary: Option<PathBuf>, reply: Option<oneshot::Sender<Response>>) {
-        let answer = |reply: Option<oneshot::Sender<Response>>, reason: String| match reply {
+    fn upgrade(&mut self, binary: Option<PathBuf>, reply: Option<Reply>) {
+        let answer = |reply: Option<Reply>, reason: String| match reply {
             Some(reply) => {
                 let _ = reply.send(Response::error(reason));
             }
@@ -581,7 +601,7 @@ impl Owner {
         stream: UnixStream,
         request: Option<HandoverRequest>,
         child: Option<tokio::process::Child>,
-        reply: Option<oneshot::Sender<Response>>,
+        reply: Option<Reply>,
     ) {
         self.shared
             .machine
@@ -745,6 +765,15 @@ impl Owner {
             counters: Vec::new(),
             history: Some(history),
             health,
+            ticket_keys: self
+                .shared
+                .kept
+                .resumption
+                .tickets
+                .hand_on()
+                .iter()
+                .map(TicketKey::from)
+                .collect(),
             draining: self
                 .shared
                 .drains()

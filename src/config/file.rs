@@ -18,6 +18,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub upgrade: FileUpgrade,
     #[serde(default)]
+    pub session_tickets: FileSessionTickets,
+    #[serde(default)]
     pub listeners: Vec<FileListener>,
     #[serde(default)]
     pub clusters: Vec<FileCluster>,
@@ -49,6 +51,12 @@ pub struct FileUpgrade {
     pub max_draining: Option<u32>,
     pub migrate: Option<bool>,
     pub migrate_timeout: Option<FileDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSessionTickets {
+    pub rotation: Option<FileDuration>,
 }
 
 #[derive(Debug, Deserialize)]

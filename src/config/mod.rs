@@ -33,6 +33,9 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub drain_timeout: Duration,
     pub upgrade: UpgradeConfig,
+    /// How long a session ticket key is in use; tickets it sealed open for
+    /// one more period after it.
+    pub ticket_rotation: Duration,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     /// Things worth knowing that do not stop the config (an expired

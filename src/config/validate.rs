@@ -21,6 +21,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIGRATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_DRAINING: u32 = 4;
+/// Tickets open for one to two hours: long enough for a client that comes
+/// back within the hour, short enough to bound what a stolen key reveals.
+pub const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(3600);
+pub const MAX_TICKET_ROTATION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -92,6 +96,17 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
     if max_draining == 0 {
         v.problem("upgrade.max_draining", "must be at least 1");
     }
+    let ticket_rotation = v.duration(
+        "session_tickets.rotation",
+        file.session_tickets.rotation,
+        DEFAULT_TICKET_ROTATION,
+    );
+    if ticket_rotation < Duration::from_secs(1) || ticket_rotation > MAX_TICKET_ROTATION {
+        v.problem(
+            "session_tickets.rotation",
+            "must be between 1s and 7d (TLS 1.3 tickets live at most 7 days)",
+        );
+    }
 
     let clusters: Vec<ClusterConfig> = file
         .clusters
@@ -144,6 +159,7 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
             migrate: file.upgrade.migrate.unwrap_or(true),
             migrate_timeout,
         },
+        ticket_rotation,
         listeners,
         clusters,
         warnings: Vec::new(),

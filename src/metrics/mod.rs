@@ -44,10 +44,12 @@ pub mod names {
     pub const DRAIN_FORCED_CLOSES: &str = "baton_drain_forced_closes_total";
     pub const DRAIN_TIMEOUT: &str = "baton_drain_timeout_seconds";
     pub const TLS_CERTIFICATE_EXPIRY: &str = "baton_tls_certificate_expiry_timestamp_seconds";
+    pub const TLS_TICKET_KEY_CREATED: &str = "baton_tls_ticket_key_created_timestamp_seconds";
     pub const TAKEOVER_ERRORS: &str = "baton_takeover_errors_total";
     pub const CONNECTIONS_MIGRATED: &str = "baton_connections_migrated_total";
     pub const MIGRATION_DURATION: &str = "baton_migration_duration_seconds";
     pub const MIGRATION_FAILURES: &str = "baton_migration_failures_total";
+    pub const LOG_LINES_DROPPED: &str = "baton_log_lines_dropped_total";
 }
 
 /// Why a client was closed without being proxied (`reason` label).
@@ -147,11 +149,15 @@ pub struct Metrics {
     pub takeover_errors: IntCounterVec,
     pub drain_timeout: Gauge,
     pub tls_certificate_expiry: GaugeVec,
+    /// When the session ticket key in use was made (it rotates).
+    pub tls_ticket_key_created: Gauge,
     connections_migrated: IntCounterVec,
     /// From release to the last acknowledged batch of moved streams.
     pub migration_duration: Histogram,
     /// Streams a predecessor took back (`reason`).
     pub migration_failures: IntCounterVec,
+    /// Follows `logging::dropped_lines` (synced when read).
+    log_lines_dropped: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -358,6 +364,14 @@ impl Metrics {
                 )
                 .expect("valid metric definition"),
             ),
+            tls_ticket_key_created: register(
+                &r,
+                Gauge::new(
+                    TLS_TICKET_KEY_CREATED,
+                    "Unix time the session ticket key in use was made (rotated every session_tickets.rotation).",
+                )
+                .expect("valid metric definition"),
+            ),
             takeover_errors: int_counter_vec(
                 &r,
                 TAKEOVER_ERRORS,
@@ -386,6 +400,14 @@ impl Metrics {
                 MIGRATION_FAILURES,
                 "Streams a predecessor resumed instead of moving them.",
                 &["reason"],
+            ),
+            log_lines_dropped: register(
+                &r,
+                IntCounter::new(
+                    LOG_LINES_DROPPED,
+                    "Log lines dropped because the log queue was full (stderr not read fast enough).",
+                )
+                .expect("valid metric definition"),
             ),
             registry: r,
             history: Mutex::new(History::default()),
@@ -479,6 +501,7 @@ impl Metrics {
     /// The Prometheus text exposition: our own values, with every earlier
     /// generation's counters and histograms added by exact label set.
     pub fn encode(&self) -> Vec<u8> {
+        self.sync_log_drops();
         let mut out = Vec::with_capacity(16 * 1024);
         let mut families = self.registry.gather();
         {
@@ -499,6 +522,7 @@ impl Metrics {
     /// Our own counter and histogram values (not including earlier
     /// generations'), for a successor or a drain report.
     pub fn own_counts(&self) -> CounterSnapshot {
+        self.sync_log_drops();
         let mut series = Vec::new();
         for family in self.registry.gather() {
             let kind = match family.get_field_type() {
@@ -595,8 +619,19 @@ impl Metrics {
         history
     }
 
+    /// The log's drop count is kept by the logger; the counter catches up
+    /// whenever it is read.
+    fn sync_log_drops(&self) {
+        let total = crate::logging::dropped_lines();
+        let shown = self.log_lines_dropped.get();
+        if total > shown {
+            self.log_lines_dropped.inc_by(total - shown);
+        }
+    }
+
     fn build_schema(&self) -> Schema {
-        let counters: [&dyn Collector; 11] = [
+        let counters: [&dyn Collector; 12] = [
+            &self.log_lines_dropped,
             &self.connections_migrated,
             &self.migration_failures,
             &self.takeover_errors,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::balance::{Backend, BackendState, Balancer, new_balancer};
 use crate::config::{ClusterConfig, Config, ListenerConfig};
 use crate::metrics::Metrics;
-use crate::tls::{BackendTls, ListenerTls, backend_tls, listener_tls};
+use crate::tls::{BackendTls, ListenerTls, Resumption, backend_tls, listener_tls};
 
 pub struct Snapshot {
     pub generation: u64,
@@ -91,7 +91,7 @@ impl Snapshot {
     pub fn build(
         config: Arc<Config>,
         generation: u64,
-        states: &BackendStates,
+        kept: &Kept,
         metrics: &Metrics,
     ) -> Result<Snapshot, SnapshotError> {
         let clusters: Vec<Arc<Cluster>> = config
@@ -108,7 +108,7 @@ impl Snapshot {
                             .map(move |&addr| (address.clone(), addr, b.weight))
                     })
                     .map(|(address, addr, weight)| Backend {
-                        state: states.get(&c.name, &address, addr, metrics),
+                        state: kept.backends.get(&c.name, &address, addr, metrics),
                         address,
                         addr,
                         weight,
@@ -157,7 +157,7 @@ impl Snapshot {
                 let tls = l
                     .tls
                     .as_ref()
-                    .map(listener_tls)
+                    .map(|tls| listener_tls(tls, &kept.resumption))
                     .transpose()
                     .map_err(|source| SnapshotError::ListenerTls {
                         listener: l.name.clone(),
@@ -183,6 +183,13 @@ impl Snapshot {
     pub fn route(&self, listener: &str) -> Option<&Arc<Route>> {
         self.routes.get(listener)
     }
+}
+
+/// What every snapshot of a process shares and a new one takes over from
+/// the old: backend health and counts, TLS resumption state.
+pub struct Kept {
+    pub backends: BackendStates,
+    pub resumption: Resumption,
 }
 
 type BackendKey = (String, Arc<str>, SocketAddr);

@@ -183,7 +183,10 @@ impl Attempt {
         if let Some(error) = request.error {
             return Err(HandoverError::SuccessorConfig(error));
         }
-        let header = std::mem::replace(&mut self.header, empty_header());
+        let mut header = std::mem::replace(&mut self.header, empty_header());
+        // Speak the successor's format when it is older (a downgrade): it
+        // refuses a newer header, and ignores the fields it does not know.
+        header.handover_version = header.handover_version.min(request.version);
         let send = handover::send_sockets(&self.stream, header, &self.sockets);
         until(
             deadline,
@@ -244,6 +247,7 @@ fn empty_header() -> Header {
         history: None,
         health: Vec::new(),
         draining: Vec::new(),
+        ticket_keys: Vec::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! on failure, drain the old one. Also the sockets systemd passes at start,
 //! which are adopted by name the same way.
 //!
-//! # Protocol (hand-over format version 3)
+//! # Protocol (hand-over format version 4)
 //!
 //! P is the running process (the predecessor), S its successor. P's side
 //! is `coordinator` (spawn, steps, rollback) and `handover` (one function
@@ -21,16 +21,16 @@
 //!    refused with the state; at most `upgrade.max_draining` predecessors
 //!    drain at once.
 //! 2. **Request.** S loads and validates its config and sends one line
-//!    `{"v":1,"cmd":"handover","pid":S,"handover_version":3}` (with
+//!    `{"v":1,"cmd":"handover","pid":S,"handover_version":4}` (with
 //!    `"error"` instead if its config is invalid: P rolls back at once).
 //! 3. **Sockets.** P answers with frames (`[u32 big-endian length][JSON]`,
 //!    see `fds`), which S reads with `recvmsg` only: `Header` (format
 //!    version, P's pid and generations, the name and address of every
-//!    socket, backend health, draining predecessors, the counter history
-//!    in case P dies before step 6), then `Sockets { names }` frames whose
+//!    socket, backend health, draining predecessors, the TLS session
+//!    ticket keys, the counter history in case P dies before step 6), then `Sockets { names }` frames whose
 //!    `SCM_RIGHTS` carry at most 250 descriptors each — every proxy
 //!    listener by name, `admin`, `control` — then `End`. S refuses a format
-//!    it cannot read (newer, or more than one older) with `Failed`.
+//!    it cannot read (newer, or older than version 2) with `Failed`.
 //! 4. **Prepare.** Everything that can fail happens now, before S accepts:
 //!    the snapshot, every listener adopted (same name and address) or
 //!    bound, admin and control sockets, the pid file's temporary file. S
@@ -71,8 +71,10 @@
 //!     earlier (`metrics::history`), so nothing grows with the number of
 //!     upgrades.
 //!
-//! A version 2 predecessor (no streams) is still accepted; a version 2
-//! successor gets no streams.
+//! A version 2 predecessor (no streams) and a version 3 one (no ticket
+//! keys: S makes its own) are still accepted. P writes its header in S's
+//! format when S is older (a downgrade); a version 2 successor gets no
+//! streams.
 
 pub mod coordinator;
 pub mod drains;

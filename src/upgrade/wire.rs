@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CounterSnapshot, History};
+use crate::tls::KeyMaterial;
 
 /// The hand-over format this build speaks. Version 2: counter history
 /// folded and sent with `Released`, and the successor confirms the
 /// take-over (`TookOver`) before the predecessor closes its sockets.
 /// Version 3: established streams move after the take-over (`Streams`).
-pub const HANDOVER_VERSION: u32 = 3;
-/// The oldest predecessor format this build still accepts (one older: it
-/// simply sends no streams).
+/// Version 4: the TLS session ticket keys travel in the header.
+pub const HANDOVER_VERSION: u32 = 4;
+/// The oldest predecessor format this build still accepts (version 2 sends
+/// no streams, version 3 no ticket keys).
 pub const OLDEST_HANDOVER_VERSION: u32 = 2;
 
 /// What `baton upgrade` prints.
@@ -154,6 +156,50 @@ pub struct Header {
     /// new process once it accepts.
     #[serde(default)]
     pub draining: Vec<(u32, u64)>,
+    /// Version 4: session ticket keys, the one in use first, so clients
+    /// resume across the upgrade.
+    #[serde(default)]
+    pub ticket_keys: Vec<TicketKey>,
+}
+
+/// A session ticket key as it travels (over the private hand-over
+/// connection, like the sockets themselves); never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TicketKey {
+    #[serde(with = "hex")]
+    pub name: Vec<u8>,
+    #[serde(with = "hex")]
+    pub secret: Vec<u8>,
+    pub created: u64,
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<&KeyMaterial> for TicketKey {
+    fn from(k: &KeyMaterial) -> TicketKey {
+        TicketKey {
+            name: k.name.to_vec(),
+            secret: k.secret.to_vec(),
+            created: k.created,
+        }
+    }
+}
+
+impl TicketKey {
+    /// The key, if its parts have the lengths of ours.
+    pub fn material(&self) -> Option<KeyMaterial> {
+        Some(KeyMaterial {
+            name: self.name.as_slice().try_into().ok()?,
+            secret: self.secret.as_slice().try_into().ok()?,
+            created: self.created,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

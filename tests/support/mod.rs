@@ -154,12 +154,24 @@ impl Baton {
 
     /// As `start_with`, with extra environment variables.
     pub fn start_opts(config: &str, shell: Option<&str>, env: &[(&str, &str)]) -> Baton {
-        Baton::start_full(tempfile::tempdir().unwrap(), config, shell, env)
+        Baton::start_full(tempfile::tempdir().unwrap(), config, shell, env, None)
     }
 
     /// Starts in `dir`, which may already hold files the config names.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Baton {
-        Baton::start_full(dir, config, None, &[])
+        Baton::start_full(dir, config, None, &[], None)
+    }
+
+    /// As `start`, with stderr (the log) going to `stderr` instead of the
+    /// log file.
+    pub fn start_logging_to(config: &str, stderr: Stdio) -> Baton {
+        Baton::start_full(
+            tempfile::tempdir().unwrap(),
+            config,
+            None,
+            &[],
+            Some(stderr),
+        )
     }
 
     fn start_full(
@@ -167,11 +179,13 @@ impl Baton {
         config: &str,
         shell: Option<&str>,
         env: &[(&str, &str)],
+        stderr: Option<Stdio>,
     ) -> Baton {
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("baton.log");
         let log = std::fs::File::create(&log_path).unwrap();
+        let stderr = stderr.unwrap_or_else(|| log.try_clone().unwrap().into());
         let mut command = match shell {
             None => Command::new(BATON),
             Some(prefix) => {
@@ -186,8 +200,8 @@ impl Baton {
             .args(["run", "-c"])
             .arg(&config_path)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(log)
+            .stderr(stderr)
             .env("RUST_LOG", "info");
         command.envs(env.iter().copied());
         let child = command.spawn().unwrap();

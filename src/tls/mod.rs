@@ -1,6 +1,8 @@
 //! TLS with rustls (the ring provider): loading and checking certificates,
 //! choosing one by SNI, session resumption, ALPN; and TLS to backends.
 
+pub mod tickets;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -15,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+pub use tickets::{KeyMaterial, TicketKeys};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -241,7 +244,28 @@ impl ListenerTls {
     }
 }
 
-pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, TlsError> {
+/// What resumption needs that outlives a snapshot: the ticket keys (kept
+/// across reloads, handed on at upgrade) and the session-ID cache of TLS
+/// 1.2 clients without tickets (kept across reloads; a successor starts it
+/// empty).
+pub struct Resumption {
+    pub tickets: Arc<TicketKeys>,
+    cache: Arc<ServerSessionMemoryCache>,
+}
+
+impl Resumption {
+    pub fn new(tickets: TicketKeys) -> Resumption {
+        Resumption {
+            tickets: Arc::new(tickets),
+            cache: ServerSessionMemoryCache::new(16 * 1024),
+        }
+    }
+}
+
+pub fn listener_tls(
+    config: &ListenerTlsConfig,
+    resumption: &Resumption,
+) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let mut resolver = BySni {
         keys: Vec::new(),
@@ -275,9 +299,8 @@ pub fn listener_tls(config: &ListenerTlsConfig) -> Result<ListenerTls, TlsError>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     if config.session_resumption {
-        server.session_storage = ServerSessionMemoryCache::new(16 * 1024);
-        server.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| TlsError::Setup(format!("session tickets: {e}")))?;
+        server.session_storage = resumption.cache.clone();
+        server.ticketer = resumption.tickets.clone();
     } else {
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
