@@ -45,6 +45,9 @@ pub struct BackendStatus {
     pub weight: u32,
     pub healthy: bool,
     pub active: usize,
+    /// Why the last health check failed (none once one passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +83,9 @@ impl Status {
                     if b.healthy { "healthy" } else { "DOWN" },
                     b.active
                 ));
+                if let Some(reason) = &b.check_failure {
+                    out.push_str(&format!("      last check failed: {reason}\n"));
+                }
             }
         }
         out.push_str("\ndraining\n");

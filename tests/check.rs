@@ -439,6 +439,36 @@ fn single_mistakes() -> Vec<(&'static str, String, &'static str, u64, &'static s
             "invalid type",
         ),
         (
+            "http check status list",
+            swap(
+                "  - name: app\n",
+                "  - name: app\n    health_check:\n      http: { path: /healthz, expect: 2xx }\n",
+            ),
+            "clusters[0].health_check.http.expect",
+            10,
+            "not a status list",
+        ),
+        (
+            "http check path",
+            swap(
+                "  - name: app\n",
+                "  - name: app\n    health_check:\n      http: { path: healthz }\n",
+            ),
+            "clusters[0].health_check.http.path",
+            10,
+            "must start with /",
+        ),
+        (
+            "ticket rotation too short",
+            swap(
+                "listeners:\n",
+                "session_tickets: { rotation: 100ms }\nlisteners:\n",
+            ),
+            "session_tickets.rotation",
+            3,
+            "between 1s and 7d",
+        ),
+        (
             "bad balance",
             swap("  - name: app\n", "  - name: app\n    balance: fastest\n"),
             "clusters[0].balance",

@@ -423,8 +423,8 @@ fn check_refuses_a_mismatched_key_and_warns_of_an_expired_certificate() {
     assert!(ok && !out.contains("warning"), "{out}");
 }
 
-/// A TLS echo server with the given certificate, for one connection at a time.
-fn tls_backend(dir: &Path, file: &str) -> SocketAddr {
+/// The server side of TLS with the given certificate.
+fn server_config(dir: &Path, file: &str) -> Arc<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> =
         rustls::pki_types::pem::PemObject::pem_file_iter(dir.join(format!("{file}.pem")))
             .unwrap()
@@ -440,7 +440,12 @@ fn tls_backend(dir: &Path, file: &str) -> SocketAddr {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    let server = Arc::new(server);
+    Arc::new(server)
+}
+
+/// A TLS echo server with the given certificate, for one connection at a time.
+fn tls_backend(dir: &Path, file: &str) -> SocketAddr {
+    let server = server_config(dir, file);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -754,5 +759,53 @@ fn ticket_keys_rotate_and_the_previous_key_still_opens_tickets() {
     assert!(
         !openssl_resumed(config.listen, "-tls1_3", None, Some(&session)),
         "two rotations later the ticket's key is gone"
+    );
+}
+
+#[test]
+fn http_health_checks_speak_tls_to_a_tls_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_ca = ca("backend ca");
+    leaf(
+        &backend_ca,
+        dir.path(),
+        "backend",
+        "backend.test",
+        &["backend.test"],
+        false,
+    );
+    std::fs::write(dir.path().join("ca.pem"), &backend_ca.pem).unwrap();
+    let server = server_config(dir.path(), "backend");
+    let target = CheckTarget::start_wrapped(move |tcp| {
+        let conn = rustls::ServerConnection::new(server.clone()).ok()?;
+        Some(Box::new(StreamOwned::new(conn, tcp)))
+    });
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(target.addr, 1)];
+    config.cluster_extra = "    tls: { server_name: backend.test, ca: ca.pem }\n    \
+         health_check: { interval: 100ms, timeout: 1s, rise: 1, fall: 1, http: { path: /ready } }\n"
+        .into();
+    let baton = start_in(dir, &config.yaml());
+    let healthy = format!(
+        "baton_backend_healthy{{backend=\"{}\",cluster=\"app\"}}",
+        target.addr
+    );
+    wait_until(Duration::from_secs(10), "a check over TLS", || {
+        !target.requests.lock().unwrap().is_empty()
+    });
+    let first = target.requests.lock().unwrap()[0].clone();
+    assert!(first.starts_with("GET /ready HTTP/1.1\r\n"), "{first}");
+    assert_eq!(baton.metric(&healthy), Some(1.0));
+    target.answer(Answer::Status(503));
+    wait_until(
+        Duration::from_secs(10),
+        "503 over TLS takes it down",
+        || baton.metric(&healthy) == Some(0.0),
+    );
+    target.answer(Answer::Status(204));
+    wait_until(
+        Duration::from_secs(10),
+        "204 over TLS brings it back",
+        || baton.metric(&healthy) == Some(1.0),
     );
 }

@@ -161,6 +161,7 @@ impl StatusSource for Shared {
                             weight: b.weight,
                             healthy: b.state.is_healthy(),
                             active: b.state.active.load(std::sync::atomic::Ordering::Relaxed),
+                            check_failure: b.state.check_failure(),
                         })
                         .collect(),
                 })

@@ -47,6 +47,9 @@ pub struct BackendState {
     ejected_until_ms: AtomicU64,
     /// How many times in a row it was ejected: the back-off doubles.
     ejections: AtomicU32,
+    /// Why the last failed health check failed (cleared by a pass); health
+    /// checks and `/status` only, never the data path.
+    check_failure: std::sync::Mutex<Option<String>>,
     pub metrics: BackendMetrics,
 }
 
@@ -71,8 +74,24 @@ impl BackendState {
             connect_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            check_failure: std::sync::Mutex::new(None),
             metrics,
         }
+    }
+
+    /// The last health check's failure, `None` once one passes.
+    pub fn check_failure(&self) -> Option<String> {
+        self.check_failure
+            .lock()
+            .expect("check failure lock is never poisoned")
+            .clone()
+    }
+
+    pub fn set_check_failure(&self, reason: Option<String>) {
+        *self
+            .check_failure
+            .lock()
+            .expect("check failure lock is never poisoned") = reason;
     }
 
     /// Takes new connections: not down by health checks, not ejected.

@@ -175,6 +175,15 @@ pub struct FileHealthCheck {
     pub timeout: Option<FileDuration>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub http: Option<FileHttpCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttpCheck {
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,7 +90,7 @@ pub struct ClusterConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     pub interval: Duration,
     pub timeout: Duration,
@@ -98,6 +98,28 @@ pub struct HealthCheckConfig {
     pub rise: u32,
     /// Consecutive failures that mark an up backend down.
     pub fall: u32,
+    /// `GET path` after the connect (and handshake); `None`: the connect
+    /// alone is the check.
+    pub http: Option<HttpCheckConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheckConfig {
+    pub path: String,
+    /// The `Host` header; `None`: the backend's address as written.
+    pub host: Option<String>,
+    /// Statuses that pass, as inclusive ranges.
+    pub expect: Vec<(u16, u16)>,
+    /// `expect` as written, for failure reasons.
+    pub expect_text: String,
+}
+
+impl HttpCheckConfig {
+    pub fn expects(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

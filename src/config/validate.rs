@@ -6,12 +6,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{FileCluster, FileConfig, FileDuration, FileListener, ProxyProtocolVersion};
+use super::file::{
+    FileCluster, FileConfig, FileDuration, FileHttpCheck, FileListener, ProxyProtocolVersion,
+};
 use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 
 use super::{
-    BackendConfig, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, Problem,
-    ProxyProtocolConfig, UpgradeConfig,
+    BackendConfig, ClusterConfig, Config, HealthCheckConfig, HttpCheckConfig, ListenerConfig,
+    Problem, ProxyProtocolConfig, UpgradeConfig,
 };
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -267,6 +269,45 @@ impl Validator {
         }
     }
 
+    fn http_check(&mut self, at: &str, http: &FileHttpCheck) -> HttpCheckConfig {
+        // Bytes that would end the request line or a header early.
+        let unsafe_text = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
+        let path = http.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || unsafe_text(&path) {
+            self.problem(
+                &format!("{at}.path"),
+                format!("{path:?} must start with / and hold no spaces or control characters"),
+            );
+        }
+        if let Some(host) = &http.host
+            && (host.is_empty() || unsafe_text(host))
+        {
+            self.problem(
+                &format!("{at}.host"),
+                format!("{host:?} must be a non-empty name without spaces"),
+            );
+        }
+        let expect_text = http.expect.clone().unwrap_or_else(|| "200-399".into());
+        let expect = match parse_expect(&expect_text) {
+            Some(ranges) => ranges,
+            None => {
+                self.problem(
+                    &format!("{at}.expect"),
+                    format!(
+                        "{expect_text:?} is not a status list: write codes and ranges of 100-599 like \"200-399\" or \"200,204\""
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        HttpCheckConfig {
+            path,
+            host: http.host.clone(),
+            expect,
+            expect_text,
+        }
+    }
+
     fn unique_names<'a>(&mut self, list: &str, names: impl Iterator<Item = &'a str>) {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in names.enumerate() {
@@ -457,6 +498,10 @@ impl Validator {
                 ),
                 rise: h.rise.unwrap_or(DEFAULT_RISE),
                 fall: h.fall.unwrap_or(DEFAULT_FALL),
+                http: h
+                    .http
+                    .as_ref()
+                    .map(|http| self.http_check(&at("health_check.http"), http)),
             };
             if hc.rise == 0 {
                 self.problem(&at("health_check.rise"), "must be at least 1");
@@ -623,9 +668,37 @@ fn pinned(host: &str, port: u16) -> Option<Result<Vec<SocketAddr>, String>> {
     Some(Ok(found))
 }
 
+/// `"200-399"`, `"200,204"`, `"200-299,301"`: inclusive ranges of 100-599.
+fn parse_expect(text: &str) -> Option<Vec<(u16, u16)>> {
+    let code = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    text.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((lo, hi)) => Some((code(lo)?, code(hi)?)).filter(|(lo, hi)| lo <= hi),
+            None => code(part).map(|c| (c, c)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lists_parse_as_inclusive_ranges() {
+        assert_eq!(parse_expect("200-399"), Some(vec![(200, 399)]));
+        assert_eq!(
+            parse_expect("200, 204,300-301"),
+            Some(vec![(200, 200), (204, 204), (300, 301)])
+        );
+        for bad in ["", "2xx", "399-200", "99", "600", "200-", "200,,204"] {
+            assert_eq!(parse_expect(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn wildcard_and_specific_addresses_on_one_port_collide() {

@@ -937,3 +937,90 @@ pub fn sockets_of(pid: i32) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// What a [`CheckTarget`] answers to the next requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    /// Reads the request and never answers (until the client goes).
+    Hang,
+    /// Closes as soon as the request is read.
+    Close,
+}
+
+/// A byte stream a [`CheckTarget`] talks HTTP over (plain TCP or TLS).
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// An HTTP server for health checks whose answer the test switches, and
+/// which records each request's head.
+pub struct CheckTarget {
+    pub addr: SocketAddr,
+    answer: Arc<std::sync::Mutex<Answer>>,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CheckTarget {
+    pub fn start() -> CheckTarget {
+        CheckTarget::start_wrapped(|tcp| Some(Box::new(tcp)))
+    }
+
+    /// `wrap` turns each accepted connection into the stream to talk over
+    /// (a TLS server side, say); `None` drops it.
+    pub fn start_wrapped(
+        wrap: impl Fn(TcpStream) -> Option<Box<dyn Conn>> + Send + Sync + 'static,
+    ) -> CheckTarget {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(std::sync::Mutex::new(Answer::Status(200)));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (answer_in, requests_in) = (answer.clone(), requests.clone());
+        let wrap = Arc::new(wrap);
+        thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (answer, requests, wrap) =
+                    (answer_in.clone(), requests_in.clone(), wrap.clone());
+                thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Some(mut conn) = wrap(tcp) else { return };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    requests
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let now = *answer.lock().unwrap();
+                    match now {
+                        Answer::Status(code) => {
+                            let _ = conn.write_all(
+                                format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                    .as_bytes(),
+                            );
+                            let _ = conn.flush();
+                        }
+                        Answer::Hang => {
+                            // Until the checker gives up and closes.
+                            let _ = conn.read(&mut buf);
+                        }
+                        Answer::Close => {}
+                    }
+                });
+            }
+        });
+        CheckTarget {
+            addr,
+            answer,
+            requests,
+        }
+    }
+
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
