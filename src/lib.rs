@@ -27,5 +27,6 @@ pub mod status;
 pub mod systemd;
 pub mod tls;
 pub mod upgrade;
+pub mod watch;
 
 pub use app::{RunOptions, Start, run};

@@ -530,3 +530,112 @@ fn a_refused_reload_names_every_mistake_and_warnings_are_logged() {
         baton.log().matches("config warning").count() > before
     });
 }
+
+/// A config that reloads itself: watched, with a short debounce.
+fn watched(a: &Backend) -> ConfigBuilder {
+    let mut config = ConfigBuilder::new(&[a]);
+    config.extra_top = "reload: { watch: true, debounce: 200ms }\n".into();
+    config
+}
+
+fn reloads(baton: &Baton, result: &str) -> f64 {
+    baton
+        .metric(&format!(
+            "baton_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .unwrap_or(-1.0)
+}
+
+/// Waits until `n` reloads with `result` were counted, then long enough
+/// for one more to have happened (three debounces) and checks none did.
+fn exactly(baton: &Baton, result: &str, n: f64) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{n} {result} reload(s)"),
+        || reloads(baton, result) >= n,
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        reloads(baton, result),
+        n,
+        "{result} reloads\n{}",
+        baton.log()
+    );
+}
+
+/// Each way a file is replaced makes exactly one reload; the same bytes
+/// written again make none; a bad file is refused, counted, and the old
+/// config keeps serving.
+#[test]
+fn a_watched_config_reloads_itself_once_per_change() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut config = watched(&a);
+    let baton = Baton::start(&config.yaml());
+    baton.wait_for_log("reload.watch: watching the config file");
+
+    // Written in place.
+    config.backends = vec![(b.addr, 1)];
+    std::fs::write(&baton.config_path, config.yaml()).unwrap();
+    exactly(&baton, "success", 1.0);
+    assert_eq!(answering(config.listen, 4), names(&["b"]));
+
+    // The same bytes again: nothing to do.
+    std::fs::write(&baton.config_path, config.yaml()).unwrap();
+    exactly(&baton, "success", 1.0);
+
+    // Renamed over (how most editors and config management save).
+    config.backends = vec![(a.addr, 1)];
+    let tmp = baton.dir.path().join(".config.yaml.swp");
+    std::fs::write(&tmp, config.yaml()).unwrap();
+    std::fs::rename(&tmp, &baton.config_path).unwrap();
+    exactly(&baton, "success", 2.0);
+    assert_eq!(answering(config.listen, 4), names(&["a"]));
+
+    // A bad file: refused once, counted, nothing changes.
+    std::fs::write(
+        &baton.config_path,
+        config.yaml().replace("balance", "balanse") + "bogus: 1\n",
+    )
+    .unwrap();
+    exactly(&baton, "failure", 1.0);
+    assert_eq!(reloads(&baton, "success"), 2.0);
+    assert_eq!(answering(config.listen, 4), names(&["a"]));
+
+    // Fixed again: back to work.
+    config.backends = vec![(b.addr, 1)];
+    std::fs::write(&baton.config_path, config.yaml()).unwrap();
+    exactly(&baton, "success", 3.0);
+    assert_eq!(answering(config.listen, 4), names(&["b"]));
+}
+
+/// A Kubernetes ConfigMap volume: `config.yaml -> ..data/config.yaml`,
+/// `..data -> ..<version>`; an update writes a new version folder and
+/// renames a new `..data` symlink over the old one.
+#[test]
+fn a_configmap_style_symlink_swap_reloads_once() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut config = watched(&a);
+    let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, yaml: &str| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("config.yaml"), yaml).unwrap();
+    };
+    version("..v1", &config.yaml());
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.yaml", dir.path().join("config.yaml")).unwrap();
+    // Writes config.yaml through the symlinks: the same bytes.
+    let baton = Baton::start_in(dir, &config.yaml());
+    baton.wait_for_log("reload.watch: watching the config file");
+    let root = baton.dir.path();
+
+    config.backends = vec![(b.addr, 1)];
+    let folder = root.join("..v2");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("config.yaml"), config.yaml()).unwrap();
+    std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..v1")).unwrap();
+    exactly(&baton, "success", 1.0);
+    assert_eq!(answering(config.listen, 4), names(&["b"]));
+}

@@ -124,6 +124,10 @@ pub(crate) struct Owner {
     health: Option<CancellationToken>,
     /// DNS refresh; ends when this process stops accepting.
     background: CancellationToken,
+    /// `reload.watch`: the config file's watcher, while one runs.
+    watching: Option<crate::watch::Watching>,
+    watch_tx: mpsc::Sender<()>,
+    watch_rx: mpsc::Receiver<()>,
     /// SIGHUPs during a reload make exactly one more afterwards.
     hup_pending: bool,
     attempt: Option<Current>,
@@ -137,6 +141,7 @@ impl Owner {
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let (reload_tx, reload_rx) = mpsc::channel(4);
         let (dns_tx, dns_rx) = mpsc::channel(4);
+        let (watch_tx, watch_rx) = mpsc::channel(1);
         Owner {
             shared,
             options,
@@ -150,6 +155,9 @@ impl Owner {
             dns_rx,
             health: None,
             background: CancellationToken::new(),
+            watching: None,
+            watch_tx,
+            watch_rx,
             hup_pending: false,
             attempt: None,
             next_attempt: 1,
@@ -167,7 +175,40 @@ impl Owner {
         self.shared.proxy.snapshot.store(snapshot.clone());
         let tickets = &self.shared.kept.resumption.tickets;
         tickets.set_rotation(snapshot.config.ticket_rotation);
+        self.follow_config_file(&snapshot);
         self.restart_health(&snapshot);
+    }
+
+    /// Starts, keeps or stops the config file's watcher as `reload.watch`
+    /// of `snapshot` says.
+    fn follow_config_file(&mut self, snapshot: &Snapshot) {
+        let config = &snapshot.config;
+        if !config.reload.watch {
+            self.watching = None;
+            return;
+        }
+        if let Some(w) = &self.watching
+            && w.path == config.path
+            && w.debounce == config.reload.debounce
+        {
+            return;
+        }
+        self.watching = None;
+        match crate::watch::start(
+            &config.path,
+            config.reload.debounce,
+            self.shared.proxy.clone(),
+            self.watch_tx.clone(),
+            self.background.child_token(),
+        ) {
+            Ok(w) => {
+                tracing::info!(path = %config.path.display(), debounce = ?config.reload.debounce, "reload.watch: watching the config file");
+                self.watching = Some(w);
+            }
+            Err(e) => {
+                tracing::error!(path = %config.path.display(), error = %e, "reload.watch: cannot watch the config file; reload with SIGHUP");
+            }
+        }
     }
 
     fn restart_health(&mut self, snapshot: &Snapshot) {
@@ -225,6 +266,7 @@ impl Owner {
                 }
                 Some(r) = self.reload_rx.recv() => self.on_reloaded(r),
                 Some(l) = self.dns_rx.recv() => self.on_resolved(l),
+                Some(()) = self.watch_rx.recv() => self.reload(false, None),
                 _ = sweep.tick() => {
                     self.shared.drains().sweep(&self.shared.proxy.metrics);
                     self.rotate_ticket_keys();
@@ -447,6 +489,7 @@ impl Owner {
         let result = result.map(|committed| {
             if let Some(snapshot) = &committed.snapshot {
                 self.restart_health(snapshot);
+                self.follow_config_file(snapshot);
             }
             if let Some(admin) = committed.admin {
                 self.shared.registry().set_admin(admin);

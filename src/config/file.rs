@@ -20,6 +20,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub session_tickets: FileSessionTickets,
     #[serde(default)]
+    pub reload: FileReload,
+    #[serde(default)]
     pub listeners: Vec<FileListener>,
     #[serde(default)]
     pub clusters: Vec<FileCluster>,
@@ -51,6 +53,13 @@ pub struct FileUpgrade {
     pub max_draining: Option<u32>,
     pub migrate: Option<bool>,
     pub migrate_timeout: Option<FileDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReload {
+    pub watch: Option<bool>,
+    pub debounce: Option<FileDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -41,6 +41,26 @@ pub struct Config {
     /// Things worth knowing that do not stop the config (an expired
     /// certificate).
     pub warnings: Vec<Problem>,
+    pub reload: ReloadConfig,
+    /// Of the bytes it was read from: the watcher reloads only for others.
+    pub digest: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Reload when the file changes (inotify on its folder).
+    pub watch: bool,
+    /// Quiet time after the last change before the reload.
+    pub debounce: Duration,
+}
+
+/// A digest of a config file's bytes (not cryptographic: it tells whether
+/// the bytes changed, nothing more).
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +216,7 @@ impl Config {
         match config {
             Some(mut config) if problems.is_empty() => {
                 config.warnings = place(warnings);
+                config.digest = digest(text.as_bytes());
                 Ok(config)
             }
             _ => Err(fail(problems, warnings)),

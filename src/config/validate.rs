@@ -13,7 +13,7 @@ use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 
 use super::{
     BackendConfig, ClusterConfig, Config, HealthCheckConfig, HttpCheckConfig, ListenerConfig,
-    Problem, ProxyProtocolConfig, UpgradeConfig,
+    Problem, ProxyProtocolConfig, ReloadConfig, UpgradeConfig,
 };
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -23,6 +23,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIGRATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_DRAINING: u32 = 4;
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Tickets open for one to two hours: long enough for a client that comes
 /// back within the hour, short enough to bound what a stolen key reveals.
 pub const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(3600);
@@ -98,6 +99,14 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
     if max_draining == 0 {
         v.problem("upgrade.max_draining", "must be at least 1");
     }
+    let reload = ReloadConfig {
+        watch: file.reload.watch.unwrap_or(false),
+        debounce: v.duration(
+            "reload.debounce",
+            file.reload.debounce,
+            DEFAULT_RELOAD_DEBOUNCE,
+        ),
+    };
     let ticket_rotation = v.duration(
         "session_tickets.rotation",
         file.session_tickets.rotation,
@@ -165,6 +174,8 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
         listeners,
         clusters,
         warnings: Vec::new(),
+        reload,
+        digest: 0,
     })
 }
 
