@@ -11,7 +11,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --home /var/lib/baton --shell /usr/sbin/nologin baton \
+ && groupadd --system --gid 10001 baton \
+ && useradd --system --uid 10001 --gid 10001 --home /var/lib/baton --shell /usr/sbin/nologin baton \
  && mkdir -p /etc/baton /run/baton \
  && chown baton:baton /run/baton
 COPY --from=build /src/target/release/baton /usr/local/bin/baton

@@ -1,6 +1,8 @@
-//! Backend names are looked up again every `resolve_interval`. A changed
+//! Backend names (`HOST:PORT` and SRV) are looked up again every
+//! `resolve_interval`, of `dns.servers` or the system resolver. A changed
 //! answer becomes a new routing snapshot (same config generation); a failed
-//! lookup keeps the last addresses; addresses that stay keep their health.
+//! lookup keeps the last addresses; addresses (and SRV targets) that stay
+//! keep their health and streams.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,14 +12,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, resolve};
+use crate::config::{Answer, Config, Query, lookup};
 use crate::proxy::Proxy;
 
 /// How often the loop wakes when no cluster names a backend by DNS name.
 const IDLE_TICK: Duration = Duration::from_secs(30);
 
-/// One lookup's answer: cluster, backend as written, addresses or error.
-pub type Lookup = (String, String, Result<Vec<SocketAddr>, String>);
+/// One lookup's answer: cluster, backend as written, and the answer.
+pub type Lookup = (String, String, Answer);
 
 /// Looks up every due backend name off the runtime's workers and sends the
 /// answers to `to`, whose owner applies them (serialised with reloads),
@@ -40,30 +42,35 @@ pub async fn refresh_loop(
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
-        let due: Vec<(String, String)> = named_clusters(&config)
+        let due: Vec<(String, String, Query)> = named_clusters(&config)
             .filter(|c| {
                 last.get(&c.name)
                     .is_none_or(|t| now.duration_since(*t) + tick / 10 >= c.resolve_interval)
             })
             .flat_map(|c| {
-                c.backends
-                    .iter()
-                    .filter(|b| b.address.parse::<SocketAddr>().is_err())
-                    .map(|b| (c.name.clone(), b.address.clone()))
+                c.backends.iter().filter_map(|b| {
+                    let query = match b.srv {
+                        Some(_) => Query::Srv(b.address.clone()),
+                        None if is_name(&b.address) => Query::Host(b.address.clone()),
+                        None => return None,
+                    };
+                    Some((c.name.clone(), b.address.clone(), query))
+                })
             })
             .collect();
         if due.is_empty() {
             continue;
         }
-        for (cluster, _) in &due {
+        for (cluster, _, _) in &due {
             last.insert(cluster.clone(), now);
         }
+        let servers = config.dns_servers.clone();
         let lookups = tokio::task::spawn_blocking(move || {
+            let queries: Vec<Query> = due.iter().map(|(_, _, q)| q.clone()).collect();
+            let answers = lookup(&servers, &queries);
             due.into_iter()
-                .map(|(cluster, address)| {
-                    let answer = resolve(&address);
-                    (cluster, address, answer)
-                })
+                .zip(answers)
+                .map(|((cluster, address, _), answer)| (cluster, address, answer))
                 .collect::<Vec<_>>()
         })
         .await
@@ -89,14 +96,38 @@ pub fn apply(config: &Config, lookups: Vec<Lookup>) -> Option<Config> {
             continue;
         };
         match answer {
-            Ok(addrs) if addrs != backend.resolved => {
+            Answer::Addrs(Ok(addrs)) if addrs != backend.resolved => {
                 tracing::info!(cluster, backend = address, from = ?backend.resolved, to = ?addrs, "backend name resolves to new addresses");
                 backend.resolved = addrs;
                 changed = true;
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(cluster, backend = address, error = e, kept = ?backend.resolved, "backend name lookup failed; keeping the last addresses")
+            Answer::Srv(Ok(targets)) if backend.srv.as_ref() != Some(&targets) => {
+                let labels = |t: &[crate::config::SrvTarget]| {
+                    t.iter()
+                        .map(|t| {
+                            format!("{} (priority {}, weight {})", t.label, t.priority, t.weight)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                tracing::info!(
+                    cluster,
+                    srv = address,
+                    from = labels(backend.srv.as_deref().unwrap_or_default()),
+                    to = labels(&targets),
+                    "SRV name names new targets"
+                );
+                backend.srv = Some(targets);
+                changed = true;
+            }
+            Answer::Addrs(Ok(_)) | Answer::Srv(Ok(_)) => {}
+            Answer::Addrs(Err(e)) | Answer::Srv(Err(e)) => {
+                tracing::warn!(
+                    cluster,
+                    backend = address,
+                    error = e,
+                    "backend lookup failed; keeping the last answer"
+                )
             }
         }
     }
@@ -107,6 +138,11 @@ fn named_clusters(config: &Config) -> impl Iterator<Item = &crate::config::Clust
     config.clusters.iter().filter(|c| {
         c.backends
             .iter()
-            .any(|b| b.address.parse::<SocketAddr>().is_err())
+            .any(|b| b.srv.is_some() || is_name(&b.address))
     })
+}
+
+/// A `HOST:PORT` whose host is a name, not an IP address.
+fn is_name(address: &str) -> bool {
+    address.parse::<SocketAddr>().is_err()
 }

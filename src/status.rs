@@ -45,6 +45,11 @@ pub struct BackendStatus {
     pub weight: u32,
     pub healthy: bool,
     pub active: usize,
+    /// The SRV name it came from, and its priority there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    #[serde(default)]
+    pub priority: u16,
     /// Why the last health check failed (none once one passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_failure: Option<String>,
@@ -83,6 +88,9 @@ impl Status {
                     if b.healthy { "healthy" } else { "DOWN" },
                     b.active
                 ));
+                if let Some(srv) = &b.srv {
+                    out.push_str(&format!("      from SRV {srv} (priority {})\n", b.priority));
+                }
                 if let Some(reason) = &b.check_failure {
                     out.push_str(&format!("      last check failed: {reason}\n"));
                 }

@@ -282,7 +282,7 @@ fn dns_names_are_re_resolved_and_a_failed_lookup_keeps_the_last_addresses() {
     wait_until(Duration::from_secs(5), "a failed lookup logged", || {
         baton
             .log()
-            .contains("lookup failed; keeping the last addresses")
+            .contains("lookup failed; keeping the last answer")
     });
     for _ in 0..5 {
         assert_eq!(connect_named(config.listen).1, "b");

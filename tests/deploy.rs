@@ -124,3 +124,85 @@ fn systemd_analyze_verifies_the_unit() {
         "systemd-analyze verify:\n{said}"
     );
 }
+
+/// The Kubernetes manifests hang together: the ConfigMap's config checks
+/// clean and watches itself, the grace period covers the preStop pause and
+/// the whole drain, probes use /readyz and /healthz, the config is mounted
+/// as a folder (a subPath mount never sees an update), and nothing runs as
+/// root. (Their schema is checked by `.ci/run` with kubernetes-validate.)
+#[test]
+fn the_kubernetes_manifests_fit_together() {
+    let read = |name: &str| -> serde_yaml::Value {
+        let path = format!("{}/deploy/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (map, deployment) = (read("configmap.yaml"), read("deployment.yaml"));
+    let config = map["data"]["config.yaml"]
+        .as_str()
+        .expect("config.yaml in the ConfigMap");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(config).unwrap();
+    assert_eq!(parsed["reload"]["watch"], serde_yaml::Value::Bool(true));
+
+    // `baton check` on it, the Service name it uses pinned to loopback.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("hosts"),
+        "127.0.0.1 app.default.svc.cluster.local\n",
+    )
+    .unwrap();
+    let out = Command::new(BATON)
+        .args(["check", "-c"])
+        .arg(dir.path().join("config.yaml"))
+        .env("BATON_HOSTS_FILE", dir.path().join("hosts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let drain = humantime::parse_duration(parsed["drain"]["timeout"].as_str().unwrap()).unwrap();
+    let pause: u64 = container["lifecycle"]["preStop"]["exec"]["command"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > drain.as_secs() + pause,
+        "grace {grace}s, drain {drain:?} + preStop {pause}s"
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"],
+        serde_yaml::Value::Bool(true)
+    );
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    let config_mount = mounts
+        .iter()
+        .find(|m| m["name"].as_str() == Some("config"))
+        .unwrap();
+    assert_eq!(config_mount["mountPath"].as_str(), Some("/etc/baton"));
+    assert!(
+        config_mount.get("subPath").is_none(),
+        "a subPath mount never updates"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"/etc/baton/config.yaml"), "{args:?}");
+}

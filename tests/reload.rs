@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -11,14 +10,6 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// Names of the backends that answer `n` new connections.
-fn answering(addr: std::net::SocketAddr, n: usize) -> HashSet<String> {
-    (0..n).map(|_| connect_named(addr).1).collect()
-}
-
-fn names(set: &[&str]) -> HashSet<String> {
-    set.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn fifty_reloads_under_load_drop_nothing_and_switch_at_once() {
     let (a1, a2) = (Backend::start("a1"), Backend::start("a2"));
@@ -482,7 +473,7 @@ fn a_down_backend_stays_down_across_a_reload_that_keeps_it() {
         Some(0.0),
         "health survived the reload"
     );
-    let seen: HashSet<String> = answering(config.listen, 6);
+    let seen = answering(config.listen, 6);
     assert!(
         !seen.contains("b"),
         "a down backend gets no connections: {seen:?}"

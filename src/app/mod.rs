@@ -162,6 +162,8 @@ impl StatusSource for Shared {
                             healthy: b.state.is_healthy(),
                             active: b.state.active.load(std::sync::atomic::Ordering::Relaxed),
                             check_failure: b.state.check_failure(),
+                            srv: b.srv.as_deref().map(String::from),
+                            priority: b.priority,
                         })
                         .collect(),
                 })

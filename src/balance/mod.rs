@@ -25,10 +25,15 @@ pub use round_robin::RoundRobin;
 /// addresses gives several backends with the same `address` label.
 #[derive(Clone)]
 pub struct Backend {
-    /// As written in the config: the metric label.
+    /// As written in the config (`target:port` for an SRV target): the
+    /// metric label.
     pub address: Arc<str>,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// SRV priority (lower first); 0 for an address backend.
+    pub priority: u16,
+    /// The SRV name it came from.
+    pub srv: Option<Arc<str>>,
     /// Live state, shared by every snapshot that names this backend.
     pub state: Arc<BackendState>,
 }
@@ -235,6 +240,8 @@ pub(crate) mod testing {
                     state: Arc::new(BackendState::new(metrics.backend("c", &address))),
                     address,
                     weight,
+                    priority: 0,
+                    srv: None,
                 }
             })
             .collect()

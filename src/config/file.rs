@@ -22,6 +22,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub reload: FileReload,
     #[serde(default)]
+    pub dns: FileDns,
+    #[serde(default)]
     pub listeners: Vec<FileListener>,
     #[serde(default)]
     pub clusters: Vec<FileCluster>,
@@ -53,6 +55,12 @@ pub struct FileUpgrade {
     pub max_draining: Option<u32>,
     pub migrate: Option<bool>,
     pub migrate_timeout: Option<FileDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    pub servers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +208,8 @@ pub struct FileHttpCheck {
 pub struct FileBackend {
     #[serde(default)]
     pub address: String,
+    /// Instead of `address`: every target of this SRV name.
+    pub srv: Option<String>,
     pub weight: Option<u32>,
 }
 

@@ -5,6 +5,7 @@
 mod diff;
 mod file;
 mod lines;
+mod lookup;
 mod tree;
 mod validate;
 
@@ -16,7 +17,9 @@ use std::time::Duration;
 pub use diff::{ConfigDiff, diff};
 pub use file::{BalanceKind, FileConfig, ProxyProtocolVersion};
 pub use lines::LineIndex;
-pub use validate::{HOSTS_FILE_ENV, Resolver, resolve, set_resolver};
+pub use lookup::{
+    Answer, HOSTS_FILE_ENV, Query, Resolver, SrvTarget, lookup, resolve, set_resolver,
+};
 
 use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 
@@ -42,6 +45,8 @@ pub struct Config {
     /// certificate).
     pub warnings: Vec<Problem>,
     pub reload: ReloadConfig,
+    /// Where DNS lookups go (`dns.servers`); empty: the system resolver.
+    pub dns_servers: Vec<SocketAddr>,
     /// Of the bytes it was read from: the watcher reloads only for others.
     pub digest: u64,
 }
@@ -144,11 +149,16 @@ impl HttpCheckConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// Exactly as written in the file; the `backend` metric label.
+    /// Exactly as written in the file (`HOST:PORT`, or the SRV name); the
+    /// `backend` metric label of an address backend.
     pub address: String,
     pub weight: u32,
-    /// What `address` resolved to when the config was loaded.
+    /// What `address` resolved to when the config was loaded (or at the
+    /// last refresh).
     pub resolved: Vec<SocketAddr>,
+    /// An SRV backend: its targets as last resolved, each a backend of its
+    /// own (label `target:port`, the record's weight and priority).
+    pub srv: Option<Vec<SrvTarget>>,
 }
 
 impl Config {

@@ -2,7 +2,7 @@
 //! problem is collected, so one `baton check` shows them all.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use crate::tls::{BackendTlsConfig, ListenerTlsConfig};
 use super::{
     BackendConfig, ClusterConfig, Config, HealthCheckConfig, HttpCheckConfig, ListenerConfig,
     Problem, ProxyProtocolConfig, ReloadConfig, UpgradeConfig,
+    lookup::{Answer, Query, lookup},
 };
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -119,6 +120,31 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
         );
     }
 
+    v.dns_servers = file
+        .dns
+        .servers
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            // A bare IP means port 53.
+            let parsed = s.parse::<SocketAddr>().or_else(|_| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    v.problem(
+                        &format!("dns.servers[{i}]"),
+                        format!("{s:?} is not IP:PORT (such as 127.0.0.1:8600)"),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+
     let clusters: Vec<ClusterConfig> = file
         .clusters
         .iter()
@@ -175,6 +201,7 @@ fn build(v: &mut Validator, file: FileConfig, path: &Path, base: &Path) -> Optio
         clusters,
         warnings: Vec::new(),
         reload,
+        dns_servers: v.dns_servers.clone(),
         digest: 0,
     })
 }
@@ -219,6 +246,8 @@ fn collide(a: SocketAddr, b: SocketAddr) -> bool {
 struct Validator {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// `dns.servers`, read before the clusters that need them.
+    dns_servers: Vec<SocketAddr>,
 }
 
 fn now_unix() -> i64 {
@@ -535,26 +564,49 @@ impl Validator {
                     format!("must be between 1 and {MAX_WEIGHT}, not {weight}"),
                 );
             }
+            let (key, written, query) = match (&b.srv, b.address.trim().is_empty()) {
+                (Some(_), false) => {
+                    self.problem(&at("srv"), "give `address` or `srv`, not both");
+                    continue;
+                }
+                (Some(name), true) => {
+                    if b.weight.is_some() {
+                        self.problem(
+                            &at("weight"),
+                            "an SRV backend's weights come from its records",
+                        );
+                    }
+                    ("srv", name.clone(), Query::Srv(name.clone()))
+                }
+                (None, true) => {
+                    self.problem(&at("address"), "missing field `address` (required)");
+                    continue;
+                }
+                (None, false) => ("address", b.address.clone(), Query::Host(b.address.clone())),
+            };
             if backends
                 .iter()
-                .any(|o: &BackendConfig| o.address == b.address)
+                .any(|o: &BackendConfig| o.address == written)
             {
                 self.problem(
-                    &at("address"),
-                    format!("{:?} is listed twice in this cluster", b.address),
+                    &at(key),
+                    format!("{written:?} is listed twice in this cluster"),
                 );
             }
-            if b.address.trim().is_empty() {
-                self.problem(&at("address"), "missing field `address` (required)");
-                continue;
-            }
-            match resolve(&b.address) {
-                Ok(resolved) => backends.push(BackendConfig {
-                    address: b.address.clone(),
-                    weight: weight.clamp(1, MAX_WEIGHT),
-                    resolved,
-                }),
-                Err(message) => self.problem(&at("address"), message),
+            let answer = lookup(&self.dns_servers, &[query]).pop();
+            let backend = |resolved, srv| BackendConfig {
+                address: written.clone(),
+                weight: weight.clamp(1, MAX_WEIGHT),
+                resolved,
+                srv,
+            };
+            match answer {
+                Some(Answer::Addrs(Ok(resolved))) => backends.push(backend(resolved, None)),
+                Some(Answer::Srv(Ok(targets))) => backends.push(backend(Vec::new(), Some(targets))),
+                Some(Answer::Addrs(Err(message)) | Answer::Srv(Err(message))) => {
+                    self.problem(&at(key), message)
+                }
+                None => self.problem(&at(key), "no answer"),
             }
         }
         let tls = c.tls.as_ref().map(|t| {
@@ -596,87 +648,6 @@ impl Validator {
             backends,
         }
     }
-}
-
-/// A hosts-format file consulted before the system resolver: pins names
-/// without touching /etc/hosts (and lets tests change what a name means).
-pub const HOSTS_FILE_ENV: &str = "BATON_HOSTS_FILE";
-
-/// A lookup that replaces the hosts file and DNS in this process.
-pub type Resolver = fn(host: &str, port: u16) -> Result<Vec<SocketAddr>, String>;
-
-static RESOLVER: std::sync::OnceLock<Resolver> = std::sync::OnceLock::new();
-
-/// Makes every name lookup of this process go to `resolver` (the config
-/// fuzzer keeps names off the network this way). Set once; false if a
-/// resolver was already set.
-pub fn set_resolver(resolver: Resolver) -> bool {
-    RESOLVER.set(resolver).is_ok()
-}
-
-/// Resolves `HOST:PORT` (an IP or a DNS name) to every address it names.
-pub fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            return Err(format!("{address:?}: the port must be 1 to 65535, not 0"));
-        }
-        return Ok(vec![addr]);
-    }
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(format!("{address:?} needs a port: write HOST:PORT"));
-    };
-    let (true, Ok(port)) = (!host.is_empty(), port.parse::<u16>()) else {
-        return Err(format!("{address:?} is not HOST:PORT"));
-    };
-    if port == 0 {
-        return Err(format!("{address:?}: the port must be 1 to 65535, not 0"));
-    }
-    if let Some(resolver) = RESOLVER.get() {
-        return resolver(host, port);
-    }
-    if let Some(pinned) = pinned(host, port) {
-        return pinned;
-    }
-    match address.to_socket_addrs() {
-        Ok(addrs) => {
-            let mut addrs: Vec<SocketAddr> = addrs.collect();
-            addrs.sort();
-            addrs.dedup();
-            if addrs.is_empty() {
-                Err(format!("{host:?} resolves to no address"))
-            } else {
-                Ok(addrs)
-            }
-        }
-        Err(e) => Err(format!("{host:?} does not resolve: {e}")),
-    }
-}
-
-/// `host` looked up in the file named by [`HOSTS_FILE_ENV`], if set and
-/// the file names it.
-fn pinned(host: &str, port: u16) -> Option<Result<Vec<SocketAddr>, String>> {
-    let path = std::env::var_os(HOSTS_FILE_ENV)?;
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return Some(Err(format!("cannot read {HOSTS_FILE_ENV} file: {e}"))),
-    };
-    let mut found: Vec<SocketAddr> = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let ip: std::net::IpAddr = words.next()?.parse().ok()?;
-            words
-                .any(|w| w == host)
-                .then_some(SocketAddr::new(ip, port))
-        })
-        .collect();
-    if found.is_empty() {
-        return None;
-    }
-    found.sort();
-    found.dedup();
-    Some(Ok(found))
 }
 
 /// `"200-399"`, `"200,204"`, `"200-299,301"`: inclusive ranges of 100-599.
@@ -728,25 +699,5 @@ mod tests {
         let warning = stop_warning(minutes(5), minutes(5)).expect("equal is too long");
         assert!(warning.contains("TimeoutStopSec (5m)"), "{warning}");
         assert!(stop_warning(minutes(10), Duration::from_secs(90)).is_some());
-    }
-
-    #[test]
-    fn resolve_accepts_ips_and_names() {
-        assert_eq!(
-            resolve("127.0.0.1:9").unwrap(),
-            vec!["127.0.0.1:9".parse().unwrap()]
-        );
-        assert!(!resolve("localhost:9").unwrap().is_empty());
-        assert!(resolve("localhost").unwrap_err().contains("needs a port"));
-        assert!(
-            resolve("localhost:x")
-                .unwrap_err()
-                .contains("not HOST:PORT")
-        );
-        assert!(
-            resolve("no-such-host.invalid:9")
-                .unwrap_err()
-                .contains("does not resolve")
-        );
     }
 }

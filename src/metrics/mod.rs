@@ -448,7 +448,16 @@ impl Metrics {
             for b in &c.backends {
                 // The series exist now; their values come from the live
                 // backend state, which a reload keeps (health included).
-                self.backend(&c.name, &b.address);
+                match &b.srv {
+                    None => {
+                        self.backend(&c.name, &b.address);
+                    }
+                    Some(targets) => {
+                        for t in targets {
+                            self.backend(&c.name, &t.label);
+                        }
+                    }
+                }
             }
         }
         self.drain_timeout.set(config.drain_timeout.as_secs_f64());

@@ -138,13 +138,23 @@ pub async fn open(
 }
 
 /// A healthy backend not tried yet; when none is healthy, any backend not
-/// tried yet (fail open, as Envoy's panic threshold does).
+/// tried yet (fail open, as Envoy's panic threshold does). With SRV
+/// priorities, only from the lowest group that has such a backend.
 fn pick(cluster: &Cluster, client: IpAddr, tried: &[usize]) -> Option<usize> {
     let backends = &cluster.backends;
+    let candidate = |i: usize| !tried.contains(&i) && backends[i].state.is_healthy();
+    let group = if cluster.priorities {
+        (0..backends.len())
+            .filter(|&i| candidate(i))
+            .map(|i| backends[i].priority)
+            .min()
+    } else {
+        None
+    };
     cluster
         .balancer
         .pick(backends, client, &|i| {
-            !tried.contains(&i) && backends[i].state.is_healthy()
+            candidate(i) && group.is_none_or(|p| backends[i].priority == p)
         })
         .or_else(|| {
             let any_healthy = backends.iter().any(|b| b.state.is_healthy());

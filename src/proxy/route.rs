@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::balance::{Backend, BackendState, Balancer, new_balancer};
-use crate::config::{ClusterConfig, Config, ListenerConfig};
+use crate::config::{BackendConfig, ClusterConfig, Config, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::tls::{BackendTls, ListenerTls, Resumption, backend_tls, listener_tls};
 
@@ -65,6 +65,9 @@ impl Route {
 pub struct Cluster {
     pub config: ClusterConfig,
     pub backends: Vec<Backend>,
+    /// Backends of more than one SRV priority: only the lowest group with
+    /// a healthy backend takes connections.
+    pub priorities: bool,
     pub balancer: Box<dyn Balancer>,
     /// TLS to the backends.
     pub tls: Option<BackendTls>,
@@ -101,19 +104,17 @@ impl Snapshot {
                 let backends: Vec<Backend> = c
                     .backends
                     .iter()
-                    .flat_map(|b| {
-                        let address: Arc<str> = b.address.as_str().into();
-                        b.resolved
-                            .iter()
-                            .map(move |&addr| (address.clone(), addr, b.weight))
-                    })
-                    .map(|(address, addr, weight)| Backend {
-                        state: kept.backends.get(&c.name, &address, addr, metrics),
-                        address,
-                        addr,
-                        weight,
+                    .flat_map(expand)
+                    .map(|e| Backend {
+                        state: kept.backends.get(&c.name, &e.label, e.addr, metrics),
+                        address: e.label,
+                        addr: e.addr,
+                        weight: e.weight,
+                        priority: e.priority,
+                        srv: e.srv,
                     })
                     .collect();
+                let priorities = backends.iter().any(|b| b.priority != backends[0].priority);
                 let tls = c
                     .tls
                     .as_ref()
@@ -125,6 +126,7 @@ impl Snapshot {
                     })?;
                 Ok(Arc::new(Cluster {
                     balancer: new_balancer(c.balance, &backends),
+                    priorities,
                     config: c.clone(),
                     backends,
                     tls,
@@ -182,6 +184,52 @@ impl Snapshot {
 
     pub fn route(&self, listener: &str) -> Option<&Arc<Route>> {
         self.routes.get(listener)
+    }
+}
+
+/// One backend of a snapshot, as a config backend expands: an address
+/// backend to each address it resolved to, an SRV backend to each address
+/// of each target.
+struct Expanded {
+    label: Arc<str>,
+    addr: SocketAddr,
+    weight: u32,
+    priority: u16,
+    srv: Option<Arc<str>>,
+}
+
+fn expand(b: &BackendConfig) -> Vec<Expanded> {
+    match &b.srv {
+        None => {
+            let label: Arc<str> = b.address.as_str().into();
+            b.resolved
+                .iter()
+                .map(|&addr| Expanded {
+                    label: label.clone(),
+                    addr,
+                    weight: b.weight,
+                    priority: 0,
+                    srv: None,
+                })
+                .collect()
+        }
+        Some(targets) => {
+            let name: Arc<str> = b.address.as_str().into();
+            targets
+                .iter()
+                .flat_map(|t| {
+                    let label: Arc<str> = t.label.as_str().into();
+                    let name = name.clone();
+                    t.addrs.iter().map(move |&addr| Expanded {
+                        label: label.clone(),
+                        addr,
+                        weight: t.weight,
+                        priority: t.priority,
+                        srv: Some(name.clone()),
+                    })
+                })
+                .collect()
+        }
     }
 }
 

@@ -1024,3 +1024,12 @@ impl CheckTarget {
         *self.answer.lock().unwrap() = answer;
     }
 }
+
+/// The names of the backends that answer `n` connections to `addr`.
+pub fn answering(addr: SocketAddr, n: usize) -> std::collections::HashSet<String> {
+    (0..n).map(|_| connect_named(addr).1).collect()
+}
+
+pub fn names(set: &[&str]) -> std::collections::HashSet<String> {
+    set.iter().map(|s| s.to_string()).collect()
+}
