@@ -511,7 +511,10 @@ fn single_mistakes() -> Vec<(&'static str, String, &'static str, u64, &'static s
         ),
         (
             "absurd duration (overflowed Instant arithmetic once)",
-            swap("  - name: app\n", "  - name: app\n    idle_timeout: 100000y\n"),
+            swap(
+                "  - name: app\n",
+                "  - name: app\n    idle_timeout: 100000y\n",
+            ),
             "clusters[0].idle_timeout",
             9,
             "at most 30 days",
