@@ -9,35 +9,11 @@ use baton::config::Config;
 use baton::logging::LogFormat;
 use baton::upgrade::Inherited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// A free loopback port (bound once by the kernel, then released).
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn echo_backend() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+mod support;
+use support::{free_port as port, tokio_echo_backend as echo_backend};
 
 async fn get(admin: std::net::SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).await.unwrap();

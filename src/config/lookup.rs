@@ -143,20 +143,29 @@ async fn lookup_async(servers: &[SocketAddr], queries: &[Query]) -> Vec<Answer> 
         .collect()
 }
 
-/// A `HOST:PORT` through the hooks (the process's resolver, the pinned
-/// hosts file), then the system resolver.
-fn resolve_host(address: &str) -> Result<Vec<SocketAddr>, String> {
+/// What `HOST:PORT` is without asking a resolver: an IP address, or what
+/// the hooks say (the process's resolver, the pinned hosts file); else
+/// the host and port to look up.
+fn without_dns(address: &str) -> Result<Result<Vec<SocketAddr>, (&str, u16)>, String> {
     let (host, port) = match host_port(address)? {
         Ok(hp) => hp,
-        Err(addr) => return Ok(vec![addr]),
+        Err(addr) => return Ok(Ok(vec![addr])),
     };
     if let Some(resolver) = RESOLVER.get() {
-        return resolver(host, port);
+        return resolver(host, port).map(Ok);
     }
-    if let Some(pinned) = pinned(host, port) {
-        return pinned;
+    match pinned(host, port) {
+        Some(pinned) => pinned.map(Ok),
+        None => Ok(Err((host, port))),
     }
-    system_lookup(address, host)
+}
+
+/// A `HOST:PORT` through the hooks, then the system resolver.
+fn resolve_host(address: &str) -> Result<Vec<SocketAddr>, String> {
+    match without_dns(address)? {
+        Ok(addrs) => Ok(addrs),
+        Err((host, _)) => system_lookup(address, host),
+    }
 }
 
 async fn host_async(
@@ -164,16 +173,10 @@ async fn host_async(
     servers: &[SocketAddr],
     address: &str,
 ) -> Result<Vec<SocketAddr>, String> {
-    let (host, port) = match host_port(address)? {
-        Ok(hp) => hp,
-        Err(addr) => return Ok(vec![addr]),
+    let (host, port) = match without_dns(address)? {
+        Ok(addrs) => return Ok(addrs),
+        Err(hp) => hp,
     };
-    if let Some(resolver) = RESOLVER.get() {
-        return resolver(host, port);
-    }
-    if let Some(pinned) = pinned(host, port) {
-        return pinned;
-    }
     if servers.is_empty() {
         // The system resolver knows /etc/hosts and nsswitch; off this
         // runtime's only thread.

@@ -1033,3 +1033,23 @@ pub fn answering(addr: SocketAddr, n: usize) -> std::collections::HashSet<String
 pub fn names(set: &[&str]) -> std::collections::HashSet<String> {
     set.iter().map(|s| s.to_string()).collect()
 }
+
+/// An echo backend on the calling tokio runtime (for baton run in-process).
+pub async fn tokio_echo_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
