@@ -18,6 +18,7 @@ pub mod drain;
 pub mod health;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

@@ -124,6 +124,8 @@ pub(crate) struct Owner {
     health: Option<CancellationToken>,
     /// DNS refresh; ends when this process stops accepting.
     background: CancellationToken,
+    /// Open connections since the last time memory was given back.
+    waves: crate::memory::Waves,
     /// `reload.watch`: the config file's watcher, while one runs.
     watching: Option<crate::watch::Watching>,
     watch_tx: mpsc::Sender<()>,
@@ -155,6 +157,7 @@ impl Owner {
             dns_rx,
             health: None,
             background: CancellationToken::new(),
+            waves: Default::default(),
             watching: None,
             watch_tx,
             watch_rx,
@@ -270,6 +273,9 @@ impl Owner {
                 _ = sweep.tick() => {
                     self.shared.drains().sweep(&self.shared.proxy.metrics);
                     self.rotate_ticket_keys();
+                    if self.waves.ended(self.shared.proxy.drain.active()) {
+                        crate::memory::give_back();
+                    }
                 }
                 sig = signal => match sig {
                     Sig::Hup => self.reload(false, None),
