@@ -4,6 +4,7 @@
 //! cuts what is left.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,9 @@ pub struct Drain {
     /// copy waits on (one token, so a copy polls nothing more than before).
     interrupt: CancellationToken,
     connections: TaskTracker,
+    /// Most connections open at once since the owner last asked
+    /// (`memory::Waves`): a wave shorter than the owner's sweep counts too.
+    peak: AtomicUsize,
 }
 
 impl Drain {
@@ -45,6 +49,16 @@ impl Drain {
         F: Future<Output = ()> + Send + 'static,
     {
         self.connections.spawn(connection);
+        // Mostly a load: the mark moves only while a wave grows.
+        let open = self.connections.len();
+        if open > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(open, Ordering::Relaxed);
+        }
+    }
+
+    /// The most connections open at once since the last call.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.connections.len(), Ordering::Relaxed)
     }
 
     /// Connections still open.

@@ -17,10 +17,11 @@ pub struct Waves {
 }
 
 impl Waves {
-    /// Records `open` connections now; true when enough of a peak has ended
-    /// to give memory back (the peak then starts again from `open`).
-    pub fn ended(&mut self, open: usize) -> bool {
-        self.peak = self.peak.max(open);
+    /// Records `open` connections now and the most open at once since the
+    /// last call (`peak`); true when enough of a peak has ended to give
+    /// memory back (the peak then starts again from `open`).
+    pub fn ended(&mut self, open: usize, peak: usize) -> bool {
+        self.peak = self.peak.max(open).max(peak);
         if self.peak >= open + WAVE && open <= self.peak / 2 {
             self.peak = open;
             return true;
@@ -49,13 +50,18 @@ mod tests {
         let mut waves = Waves::default();
         let seen: Vec<bool> = [0, 100, 5_000, 4_000, 2_600, 2_400, 2_300, 0, 0, 200, 100]
             .iter()
-            .map(|&open| waves.ended(open))
+            .map(|&open| waves.ended(open, open))
             .collect();
         // 5,000 → 2,400: half gone; 2,400 → 0: half again; a small peak
         // (200) is not worth a walk of the heap.
         assert_eq!(
             seen,
-            [false, false, false, false, false, true, false, true, false, false, false]
+            [
+                false, false, false, false, false, true, false, true, false, false, false
+            ]
         );
+        // A wave that came and went between two looks still counts.
+        let mut waves = Waves::default();
+        assert!(waves.ended(0, 1_000));
     }
 }

@@ -301,3 +301,46 @@ fn local_connect_errors_never_mark_a_backend_down() {
     }
     panic!("no limit made a backend connect fail with EMFILE");
 }
+
+/// A wave of idle connections raises baton's memory; once they close, the
+/// memory goes back to the kernel (not kept by the allocator for later).
+#[test]
+fn memory_of_a_wave_of_connections_goes_back_once_they_close() {
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let baton = Baton::start(&config.yaml());
+    // Warm up: pools and lazily made state are not what this is about.
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(config.listen).unwrap();
+        s.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "warm-up connections closed",
+        || baton.metric("baton_connections_active{listener=\"web\"}") == Some(0.0),
+    );
+    let before = baton.rss_kib();
+    let mut open = Vec::new();
+    for _ in 0..1_000 {
+        let mut s = TcpStream::connect(config.listen).unwrap();
+        s.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+        open.push(s);
+    }
+    let peak = baton.rss_kib();
+    assert!(
+        peak >= before + 2_000,
+        "1,000 connections: {before} → {peak} KiB"
+    );
+    drop(open);
+    wait_until(Duration::from_secs(10), "connections closed", || {
+        baton.metric("baton_connections_active{listener=\"web\"}") == Some(0.0)
+    });
+    // Most of what the wave took comes back within a sweep or two.
+    wait_until(Duration::from_secs(10), "memory given back", || {
+        baton.rss_kib() < before + (peak - before) / 3
+    });
+}

@@ -273,7 +273,8 @@ impl Owner {
                 _ = sweep.tick() => {
                     self.shared.drains().sweep(&self.shared.proxy.metrics);
                     self.rotate_ticket_keys();
-                    if self.waves.ended(self.shared.proxy.drain.active()) {
+                    let drain = &self.shared.proxy.drain;
+                    if self.waves.ended(drain.active(), drain.take_peak()) {
                         crate::memory::give_back();
                     }
                 }
