@@ -10,16 +10,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use baton::app::{RunOptions, Start};
-use baton::config::Config;
-use baton::logging::LogFormat;
-use baton::upgrade::Inherited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{free_port as port, tokio_echo_backend as echo_backend};
+use support::{free_port as port, run_in_process, tokio_echo_backend as echo_backend};
 
 struct Counting;
 
@@ -83,21 +78,7 @@ async fn a_proxied_connection_costs_a_few_allocations() {
          listeners:\n  - {{ name: web, listen: \"127.0.0.1:{listen}\", cluster: app }}\n\
          clusters:\n  - name: app\n    backends: [ {{ address: \"{backend}\" }} ]\n"
     );
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(&path).unwrap();
-    let shutdown = CancellationToken::new();
-    let options = RunOptions {
-        exe: std::path::PathBuf::from(env!("CARGO_BIN_EXE_baton")),
-        log_format: LogFormat::Human,
-        signals: false,
-    };
-    let run = tokio::spawn(baton::run(
-        config,
-        Start::Fresh(Inherited::default()),
-        options,
-        shutdown.clone(),
-    ));
+    let (run, shutdown) = run_in_process(dir.path(), &yaml);
     let proxy: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
     let mut up = false;
     for _ in 0..500 {

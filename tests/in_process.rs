@@ -4,16 +4,11 @@
 
 use std::time::Duration;
 
-use baton::app::{RunOptions, Start};
-use baton::config::Config;
-use baton::logging::LogFormat;
-use baton::upgrade::Inherited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{free_port as port, tokio_echo_backend as echo_backend};
+use support::{free_port as port, run_in_process, tokio_echo_backend as echo_backend};
 
 async fn get(admin: std::net::SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).await.unwrap();
@@ -35,21 +30,7 @@ async fn an_hour_of_drain_passes_on_a_paused_clock_and_cuts_the_stream() {
          listeners:\n  - {{ name: web, listen: \"127.0.0.1:{listen}\", cluster: app }}\n\
          clusters:\n  - name: app\n    idle_timeout: 2h\n    backends: [ {{ address: \"{backend}\" }} ]\n"
     );
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(&path).unwrap();
-    let shutdown = CancellationToken::new();
-    let options = RunOptions {
-        exe: std::path::PathBuf::from(env!("CARGO_BIN_EXE_baton")),
-        log_format: LogFormat::Human,
-        signals: false,
-    };
-    let run = tokio::spawn(baton::run(
-        config,
-        Start::Fresh(Inherited::default()),
-        options,
-        shutdown.clone(),
-    ));
+    let (run, shutdown) = run_in_process(dir.path(), &yaml);
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let mut ready = false;
     for _ in 0..1000 {

@@ -186,17 +186,7 @@ async fn host_async(
             .unwrap_or_else(|e| Err(e.to_string()));
     }
     match tokio::time::timeout(QUERY_TIMEOUT * 2, dns.lookup_ip(host)).await {
-        Ok(Ok(found)) => {
-            let mut addrs: Vec<SocketAddr> =
-                found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-            addrs.sort();
-            addrs.dedup();
-            if addrs.is_empty() {
-                Err(format!("{host:?} resolves to no address"))
-            } else {
-                Ok(addrs)
-            }
-        }
+        Ok(Ok(found)) => found_addresses(host, found.iter().map(|ip| SocketAddr::new(ip, port))),
         Ok(Err(e)) => Err(format!("{host:?} does not resolve: {e}")),
         Err(_) => Err(format!(
             "{host:?}: no DNS answer within {}s",
@@ -305,19 +295,25 @@ fn host_port(address: &str) -> Result<Result<(&str, u16), SocketAddr>, String> {
     Ok(Ok((host, port)))
 }
 
+/// A lookup's addresses in a stable order, each once; none is an error.
+fn found_addresses(
+    host: &str,
+    addrs: impl Iterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = addrs.collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        Err(format!("{host:?} resolves to no address"))
+    } else {
+        Ok(addrs)
+    }
+}
+
 /// The system resolver (getaddrinfo: /etc/hosts, nsswitch, resolv.conf).
 fn system_lookup(address: &str, host: &str) -> Result<Vec<SocketAddr>, String> {
     match address.to_socket_addrs() {
-        Ok(addrs) => {
-            let mut addrs: Vec<SocketAddr> = addrs.collect();
-            addrs.sort();
-            addrs.dedup();
-            if addrs.is_empty() {
-                Err(format!("{host:?} resolves to no address"))
-            } else {
-                Ok(addrs)
-            }
-        }
+        Ok(addrs) => found_addresses(host, addrs),
         Err(e) => Err(format!("{host:?} does not resolve: {e}")),
     }
 }

@@ -1053,3 +1053,30 @@ pub async fn tokio_echo_backend() -> SocketAddr {
     });
     addr
 }
+
+/// baton run in-process (`baton::run`) on the calling tokio runtime with
+/// `yaml` written into `dir`, signals off; cancel the token to stop it.
+pub fn run_in_process(
+    dir: &Path,
+    yaml: &str,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = baton::config::Config::load(&path).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let options = baton::app::RunOptions {
+        exe: PathBuf::from(BATON),
+        log_format: baton::logging::LogFormat::Human,
+        signals: false,
+    };
+    let run = tokio::spawn(baton::run(
+        config,
+        baton::app::Start::Fresh(baton::upgrade::Inherited::default()),
+        options,
+        shutdown.clone(),
+    ));
+    (run, shutdown)
+}
