@@ -112,6 +112,11 @@ async fn watch_loop(
     // The bytes last handed to a reload: a bad file is tried once.
     let mut tried: Option<u64> = None;
     loop {
+        // At the start too: a change made between reading the config and
+        // watching it (a successor starting during an upgrade) is not lost.
+        if !check(&path, &proxy, &mut tried, &to).await {
+            return;
+        }
         let first = tokio::select! {
             _ = stop.cancelled() => return,
             r = next_events(&mut fd, &mut buffer) => r,
@@ -132,22 +137,25 @@ async fn watch_loop(
         if let Err(e) = add_watches(fd.get_mut(), &path) {
             tracing::warn!(path = %path.display(), error = %e, "reload.watch: cannot watch the config's folder");
         }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                // Mid-swap, or removed: the next change brings it back.
-                tracing::warn!(path = %path.display(), error = %e, "reload.watch: cannot read the config file");
-                continue;
-            }
-        };
-        let now = digest(&bytes);
-        if now == proxy.snapshot.load().config.digest || tried == Some(now) {
-            continue;
-        }
-        tried = Some(now);
-        tracing::info!(path = %path.display(), "config file changed: reloading");
-        if to.send(()).await.is_err() {
-            return;
-        }
     }
+}
+
+/// Reads the file; asks for a reload if its bytes are neither the live
+/// config's nor the last ones tried. False once the owner is gone.
+async fn check(path: &Path, proxy: &Proxy, tried: &mut Option<u64>, to: &mpsc::Sender<()>) -> bool {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // Mid-swap, or removed: the next change brings it back.
+            tracing::warn!(path = %path.display(), error = %e, "reload.watch: cannot read the config file");
+            return true;
+        }
+    };
+    let now = digest(&bytes);
+    if now == proxy.snapshot.load().config.digest || *tried == Some(now) {
+        return true;
+    }
+    *tried = Some(now);
+    tracing::info!(path = %path.display(), "config file changed: reloading");
+    to.send(()).await.is_ok()
 }
