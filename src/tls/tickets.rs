@@ -197,16 +197,17 @@ impl ProducesTickets for TicketKeys {
         ticket.extend_from_slice(&keys.current.material.name);
         ticket.extend_from_slice(&nonce);
         ticket.extend_from_slice(plain);
-        let mut sealed = ticket.split_off(NAME_LEN + NONCE_LEN);
-        keys.current
+        // Sealed where it stands, the tag after it: one allocation.
+        let tag = keys
+            .current
             .aead
-            .seal_in_place_append_tag(
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::empty(),
-                &mut sealed,
+                &mut ticket[NAME_LEN + NONCE_LEN..],
             )
             .ok()?;
-        ticket.extend_from_slice(&sealed);
+        ticket.extend_from_slice(tag.as_ref());
         Some(ticket)
     }
 
