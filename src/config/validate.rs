@@ -554,7 +554,9 @@ impl Validator {
         if c.backends.is_empty() {
             self.problem(&at("backends"), "a cluster needs at least one backend");
         }
-        let mut backends = Vec::with_capacity(c.backends.len());
+        // Checked first, then every name asked at once: one batch of DNS
+        // questions per cluster, not one wait per backend.
+        let mut wanted: Vec<(usize, &str, String, Query, u32)> = Vec::new();
         for (j, b) in c.backends.iter().enumerate() {
             let at = |key: &str| format!("clusters[{i}].backends[{j}].{key}");
             let weight = b.weight.unwrap_or(1);
@@ -584,30 +586,33 @@ impl Validator {
                 }
                 (None, false) => ("address", b.address.clone(), Query::Host(b.address.clone())),
             };
-            if backends
-                .iter()
-                .any(|o: &BackendConfig| o.address == written)
-            {
+            if wanted.iter().any(|(_, _, w, _, _)| *w == written) {
                 self.problem(
                     &at(key),
                     format!("{written:?} is listed twice in this cluster"),
                 );
             }
-            let answer = lookup(&self.dns_servers, &[query]).pop();
-            let backend = |resolved, srv| BackendConfig {
-                address: written.clone(),
-                weight: weight.clamp(1, MAX_WEIGHT),
+            wanted.push((j, key, written, query, weight.clamp(1, MAX_WEIGHT)));
+        }
+        let queries: Vec<Query> = wanted.iter().map(|(_, _, _, q, _)| q.clone()).collect();
+        let answers = lookup(&self.dns_servers, &queries);
+        let mut backends = Vec::with_capacity(wanted.len());
+        for ((j, key, address, _, weight), answer) in wanted.into_iter().zip(answers) {
+            let at = format!("clusters[{i}].backends[{j}].{key}");
+            let (resolved, srv) = match answer {
+                Answer::Addrs(Ok(resolved)) => (resolved, None),
+                Answer::Srv(Ok(targets)) => (Vec::new(), Some(targets)),
+                Answer::Addrs(Err(message)) | Answer::Srv(Err(message)) => {
+                    self.problem(&at, message);
+                    continue;
+                }
+            };
+            backends.push(BackendConfig {
+                address,
+                weight,
                 resolved,
                 srv,
-            };
-            match answer {
-                Some(Answer::Addrs(Ok(resolved))) => backends.push(backend(resolved, None)),
-                Some(Answer::Srv(Ok(targets))) => backends.push(backend(Vec::new(), Some(targets))),
-                Some(Answer::Addrs(Err(message)) | Answer::Srv(Err(message))) => {
-                    self.problem(&at(key), message)
-                }
-                None => self.problem(&at(key), "no answer"),
-            }
+            });
         }
         let tls = c.tls.as_ref().map(|t| {
             let ca =
