@@ -4,19 +4,45 @@
 //! cuts what is left.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
+
+/// A one-way signal that every open connection watches. Reading it is one
+/// atomic load: a copy looks at it on every wake-up, and a
+/// `CancellationToken`'s own check takes a lock shared by all of them.
+#[derive(Default)]
+pub struct Signal {
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Signal {
+    pub fn fire(&self) {
+        // The flag first: whoever the token wakes sees it set.
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Ready once the signal fired.
+    pub fn wait(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+}
 
 #[derive(Default)]
 pub struct Drain {
     accepting: CancellationToken,
-    force: CancellationToken,
+    force: Signal,
     /// Fired with `force`, and when streams start to move: what a plain
-    /// copy waits on (one token, so a copy polls nothing more than before).
-    interrupt: CancellationToken,
+    /// copy waits on (one signal, so a copy registers one waiter).
+    interrupt: Signal,
     connections: TaskTracker,
     /// Most connections open at once since the owner last asked
     /// (`memory::Waves`): a wave shorter than the owner's sweep counts too.
@@ -29,19 +55,19 @@ impl Drain {
         &self.accepting
     }
 
-    /// Cancelled when the drain deadline passes; connections select on it.
-    pub fn force(&self) -> &CancellationToken {
+    /// Fired when the drain deadline passes; connections watch it.
+    pub fn force(&self) -> &Signal {
         &self.force
     }
 
-    /// Cancelled with `force` and when streams start to move.
-    pub fn interrupt(&self) -> &CancellationToken {
+    /// Fired with `force` and when streams start to move.
+    pub fn interrupt(&self) -> &Signal {
         &self.interrupt
     }
 
     /// Wakes every plain copy so it pauses (if migration takes streams).
     pub fn interrupt_copies(&self) {
-        self.interrupt.cancel();
+        self.interrupt.fire();
     }
 
     pub fn spawn_connection<F>(&self, connection: F)
@@ -83,8 +109,8 @@ impl Drain {
             return 0;
         }
         let remaining = self.connections.len();
-        self.force.cancel();
-        self.interrupt.cancel();
+        self.force.fire();
+        self.interrupt.fire();
         self.connections.wait().await;
         remaining
     }
@@ -92,7 +118,7 @@ impl Drain {
     /// Cuts every connection now (a second stop signal).
     pub fn cut(&self) {
         self.accepting.cancel();
-        self.force.cancel();
-        self.interrupt.cancel();
+        self.force.fire();
+        self.interrupt.fire();
     }
 }
