@@ -2,10 +2,11 @@
 //! `connect_timeout`, and on failure retry another backend up to `retries`.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::route::Cluster;
@@ -46,7 +47,7 @@ pub async fn connect<'a>(
     preamble: &[u8],
 ) -> Result<Connected<'a>, ConnectError> {
     let backends = &cluster.backends;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let mut last = None;
     let attempts = cluster.config.retries + 1;
     for _ in 0..attempts {
@@ -103,7 +104,7 @@ pub async fn connect<'a>(
     }
     match last {
         Some((backend, reason, detail)) => Err(ConnectError::Failed {
-            attempts: tried.len() as u32,
+            attempts: tried.len as u32,
             backend: backend.address.to_string(),
             reason: reason.as_str(),
             detail,
@@ -112,16 +113,37 @@ pub async fn connect<'a>(
     }
 }
 
+/// The backends one connection has tried: inline for the first few, so
+/// that connecting allocates nothing; more retries than that spill over.
+#[derive(Default)]
+struct Tried {
+    first: [usize; 4],
+    more: Vec<usize>,
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        match self.first.get_mut(self.len) {
+            Some(slot) => *slot = i,
+            None => self.more.push(i),
+        }
+        self.len += 1;
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.first[..self.len.min(self.first.len())].contains(&i) || self.more.contains(&i)
+    }
+}
+
 /// TCP connect, the preamble, then the TLS handshake when the cluster has
 /// `tls`.
 pub async fn open(
     cluster: &Cluster,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     preamble: &[u8],
 ) -> Result<BackendStream, (ConnectErrorReason, io::Error)> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| (classify(&e), e))?;
+    let mut stream = tcp_connect(addr).await.map_err(|e| (classify(&e), e))?;
     let _ = stream.set_nodelay(true);
     if !preamble.is_empty() {
         Box::pin(stream.write_all(preamble))
@@ -137,12 +159,36 @@ pub async fn open(
     }
 }
 
+/// A non-blocking connect. The socket turns writable once the handshake is
+/// done; only one the kernel marked closed is asked why (tokio's own
+/// connect asks every time: one `getsockopt` per connection more).
+async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed()
+        && let Some(e) = stream.take_error()?
+    {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
 /// A healthy backend not tried yet; when none is healthy, any backend not
 /// tried yet (fail open, as Envoy's panic threshold does). With SRV
 /// priorities, only from the lowest group that has such a backend.
-fn pick(cluster: &Cluster, client: IpAddr, tried: &[usize]) -> Option<usize> {
+fn pick(cluster: &Cluster, client: IpAddr, tried: &Tried) -> Option<usize> {
     let backends = &cluster.backends;
-    let candidate = |i: usize| !tried.contains(&i) && backends[i].state.is_healthy();
+    let candidate = |i: usize| !tried.contains(i) && backends[i].state.is_healthy();
     let group = if cluster.priorities {
         (0..backends.len())
             .filter(|&i| candidate(i))
@@ -163,7 +209,7 @@ fn pick(cluster: &Cluster, client: IpAddr, tried: &[usize]) -> Option<usize> {
             } else {
                 cluster
                     .balancer
-                    .pick(backends, client, &|i| !tried.contains(&i))
+                    .pick(backends, client, &|i| !tried.contains(i))
             }
         })
 }
@@ -183,5 +229,34 @@ fn classify(e: &io::Error) -> ConnectErrorReason {
             ConnectErrorReason::Unreachable
         }
         _ => ConnectErrorReason::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_backends_past_the_inline_few_are_still_remembered() {
+        let mut tried = Tried::default();
+        for i in [7, 3, 9, 0, 12, 5] {
+            assert!(!tried.contains(i));
+            tried.push(i);
+        }
+        assert_eq!(tried.len, 6);
+        for i in [7, 3, 9, 0, 12, 5] {
+            assert!(tried.contains(i), "backend {i} was tried");
+        }
+        assert!(!tried.contains(1) && !tried.contains(4));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_says_refused() {
+        // A port that was just free: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let e = tcp_connect(addr).await.expect_err("nothing listens");
+        assert_eq!(classify(&e), ConnectErrorReason::Refused, "{e}");
     }
 }
