@@ -126,15 +126,28 @@ fn check(path: &Path, format: CheckFormat) -> ExitCode {
     }
 }
 
+/// One worker per core, or `TOKIO_WORKER_THREADS`. With one worker, the
+/// current-thread scheduler: every task on one thread, none of the
+/// multi-thread scheduler's hand-offs between threads, and the process's
+/// own tasks on the same thread as its connections (the multi-thread
+/// scheduler would run them on a second one).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        // Reads TOKIO_WORKER_THREADS itself.
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
 fn run(path: &Path, log_format: LogFormat, upgrade: bool) -> ExitCode {
     // Held to the end: dropping it writes out the lines still queued.
     let _log = logging::init(log_format);
-    // The multi-thread runtime honours TOKIO_WORKER_THREADS; by default one
-    // worker per core.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -391,3 +391,83 @@ fn a_draining_process_refuses_to_upgrade_and_ignores_sighup() {
         !pid_alive(old)
     });
 }
+
+/// With one worker the process runs on the current-thread scheduler (its
+/// own tasks and every connection on one thread): reloads, upgrades and a
+/// stream that moves to the successor cost no client anything there too.
+#[test]
+fn one_worker_reloads_and_upgrades_under_load_cost_no_client_anything() {
+    let a = Backend::start("a");
+    let http = HttpBackend::start();
+    let config = ConfigBuilder::new(&[&a]);
+    let (yaml, http_addr) = config.with_http_listener(&http);
+    let mut baton = Baton::start_opts(&yaml, None, &[("TOKIO_WORKER_THREADS", "1")]);
+    let first = baton.pid();
+
+    let (mut stream, name) = connect_named(config.listen);
+    assert_eq!(name, "a");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut exchange = |round: u8| {
+        let chunk: Vec<u8> = (0..8192).map(|k| (k as u8) ^ round).collect();
+        stream.write_all(&chunk).unwrap();
+        let mut back = vec![0u8; chunk.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, chunk, "round {round}");
+    };
+    exchange(1);
+    let load = Load::start(config.listen, 2, 4);
+    let keep_alive = KeepAlive::start(http_addr, 2, 20);
+    let mut pid = first;
+    for i in 0..4u8 {
+        // To the process that serves now (the first one drains after an
+        // upgrade, and a draining process ignores SIGHUP).
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        wait_until(Duration::from_secs(5), "the reload is counted", || {
+            baton.metric("baton_config_reloads_total{result=\"success\"}")
+                == Some(f64::from(i) + 1.0)
+        });
+        exchange(2 + i);
+        // Load goes through every generation.
+        let before = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
+        wait_until(Duration::from_secs(5), "short connections go on", || {
+            load.short_done.load(std::sync::atomic::Ordering::Relaxed) > before + 20
+        });
+        if i % 2 == 1 {
+            let (ok, out) = baton.ctl(&["upgrade"]);
+            assert!(ok, "upgrade {i}: {out}");
+            pid = wait_new_pid(&baton, pid);
+            exchange(10 + i);
+        }
+    }
+    let short = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = keep_alive
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut errors = load.finish();
+    errors.extend(keep_alive.finish());
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    assert!(
+        short > 50 && requests > 50,
+        "load ran: {short} short, {requests} requests"
+    );
+    // The long stream moved on to the last process and still echoes.
+    assert!(
+        baton
+            .metric("baton_connections_migrated_total{listener=\"web\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        baton.metrics()
+    );
+    exchange(99);
+    drop(stream);
+    let exit = baton.wait_exit(Duration::from_secs(20));
+    assert!(exit.success(), "{exit}");
+    stop_pid(pid);
+}
