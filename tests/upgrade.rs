@@ -26,6 +26,21 @@ fn script(baton: &Baton, name: &str, body: &str) -> std::path::PathBuf {
     path
 }
 
+/// Stops both loads: no client saw an error, and each ran more than `at_least`.
+fn stop_load(load: Load, keep_alive: KeepAlive, at_least: usize) {
+    let short = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = keep_alive
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut errors = load.finish();
+    errors.extend(keep_alive.finish());
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    assert!(
+        short > at_least && requests > at_least,
+        "load ran: {short} short, {requests} requests"
+    );
+}
+
 #[test]
 fn twenty_upgrades_under_load_cost_no_client_anything() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
@@ -59,17 +74,7 @@ fn twenty_upgrades_under_load_cost_no_client_anything() {
             || pid_file(&baton) == pid,
         );
     }
-    let short = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
-    let requests = keep_alive
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let mut errors = load.finish();
-    errors.extend(keep_alive.finish());
-    assert!(errors.is_empty(), "client errors: {errors:?}");
-    assert!(
-        short > 100 && requests > 100,
-        "load ran: {short} short, {requests} requests"
-    );
+    stop_load(load, keep_alive, 100);
     let status: serde_json::Value =
         serde_json::from_str(&http_get(baton.admin, "/status").unwrap().1).unwrap();
     assert_eq!(status["generation"], 20);
@@ -445,17 +450,7 @@ fn one_worker_reloads_and_upgrades_under_load_cost_no_client_anything() {
             exchange(10 + i);
         }
     }
-    let short = load.short_done.load(std::sync::atomic::Ordering::Relaxed);
-    let requests = keep_alive
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let mut errors = load.finish();
-    errors.extend(keep_alive.finish());
-    assert!(errors.is_empty(), "client errors: {errors:?}");
-    assert!(
-        short > 50 && requests > 50,
-        "load ran: {short} short, {requests} requests"
-    );
+    stop_load(load, keep_alive, 50);
     // The long stream moved on to the last process and still echoes.
     assert!(
         baton
