@@ -285,40 +285,76 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// One direction of a plain stream: what `src` has goes to `dst`.
+/// One direction's bytes on their way: read and not yet written
+/// (`buffer[pos..end]`, a buffer held only while there are any), and the
+/// count of bytes written.
 #[derive(Default)]
-struct Pump {
-    /// Read and not yet written: `buffer[pos..end]`. Held only while bytes
-    /// are on their way.
+struct InFlight {
     buffer: Option<Buffer>,
     pos: usize,
     end: usize,
+    moved: u64,
+}
+
+impl InFlight {
+    fn hold(&mut self, buffer: Buffer, len: usize) {
+        self.buffer = Some(buffer);
+        self.pos = 0;
+        self.end = len;
+    }
+
+    /// What is still to write.
+    fn bytes(&mut self) -> &[u8] {
+        match self.buffer.as_mut() {
+            Some(buffer) => &buffer.as_mut()[self.pos..self.end],
+            None => &[],
+        }
+    }
+
+    /// `n` of those bytes were written (none: the destination refuses).
+    fn wrote(&mut self, n: usize, counter: &IntCounter) -> Result<(), Side> {
+        if n == 0 {
+            return Err(Side::Writing(io::ErrorKind::WriteZero.into()));
+        }
+        self.pos += n;
+        self.moved += n as u64;
+        counter.inc_by(n as u64);
+        Ok(())
+    }
+
+    /// All written: the buffer goes back to the pool.
+    fn release(&mut self) {
+        self.buffer = None;
+    }
+}
+
+/// One direction of a plain stream: what `src` has goes to `dst`.
+#[derive(Default)]
+struct Pump {
+    flight: InFlight,
     /// The source's FIN was passed on, or the direction was over already.
     shut: bool,
-    /// Bytes written.
-    moved: u64,
 }
 
 impl Pump {
     /// Goes on from where a pause left the direction.
     fn resume(direction: &mut Direction) -> Pump {
         let pending = std::mem::take(&mut direction.pending);
+        let mut flight = InFlight::default();
+        if !pending.is_empty() {
+            let len = pending.len();
+            flight.hold(Buffer::holding(pending), len);
+        }
         Pump {
-            end: pending.len(),
-            buffer: (!pending.is_empty()).then(|| Buffer::holding(pending)),
+            flight,
             shut: direction.shut,
-            ..Pump::default()
         }
     }
 
     /// Where the direction stands, for the next run.
     fn left(&mut self) -> Direction {
-        let pending = match self.buffer.as_mut() {
-            Some(buffer) => buffer.as_mut()[self.pos..self.end].to_vec(),
-            None => Vec::new(),
-        };
         Direction {
-            pending,
+            pending: self.flight.bytes().to_vec(),
             shut: self.shut,
         }
     }
@@ -337,17 +373,9 @@ impl Pump {
         other_shut: bool,
     ) -> Poll<Result<(), Side>> {
         loop {
-            while self.pos < self.end {
-                let buffer = self.buffer.as_mut().expect("held bytes are in a buffer");
-                match dst.try_write(&buffer.as_mut()[self.pos..self.end]) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(Side::Writing(io::ErrorKind::WriteZero.into())));
-                    }
-                    Ok(n) => {
-                        self.pos += n;
-                        self.moved += n as u64;
-                        counter.inc_by(n as u64);
-                    }
+            while !self.flight.bytes().is_empty() {
+                match dst.try_write(self.flight.bytes()) {
+                    Ok(n) => self.flight.wrote(n, counter)?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if pausing {
                             return Poll::Ready(Ok(()));
@@ -359,7 +387,7 @@ impl Pump {
                 }
             }
             // All written: the buffer goes back to the pool before a wait.
-            self.buffer = None;
+            self.flight.release();
             if self.shut || pausing {
                 return Poll::Ready(Ok(()));
             }
@@ -384,9 +412,7 @@ impl Pump {
             });
             match read {
                 _ if got > 0 => {
-                    self.buffer = Some(buffer);
-                    self.pos = 0;
-                    self.end = got;
+                    self.flight.hold(buffer, got);
                 }
                 Err(e)
                     if matches!(
@@ -432,7 +458,7 @@ pub async fn proxy(
     let mut down = Pump::resume(&mut flow.down);
     let end = watch
         .run(|cx, pausing| {
-            let before = up.moved + down.moved;
+            let before = up.flight.moved + down.flight.moved;
             let up_stopped = match up.poll(cx, client, backend, received, pausing, down.shut) {
                 Poll::Ready(Err(e)) => return ControlFlow::Break(e.end(true)),
                 Poll::Ready(Ok(())) => true,
@@ -449,11 +475,11 @@ pub async fn proxy(
             if pausing && up_stopped && down_stopped {
                 return ControlFlow::Break(End::Paused);
             }
-            ControlFlow::Continue(up.moved + down.moved != before)
+            ControlFlow::Continue(up.flight.moved + down.flight.moved != before)
         })
         .await;
-    flow.bytes.received += up.moved;
-    flow.bytes.sent += down.moved;
+    flow.bytes.received += up.flight.moved;
+    flow.bytes.sent += down.flight.moved;
     if let End::Paused = end {
         flow.up = up.left();
         flow.down = down.left();
@@ -478,14 +504,10 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 /// One direction of the generic copy: what is read and not yet written.
 #[derive(Default)]
 struct Half {
-    buffer: Option<Buffer>,
-    pos: usize,
-    end: usize,
+    flight: InFlight,
     need_flush: bool,
     read_done: bool,
     done: bool,
-    /// Bytes written.
-    moved: u64,
 }
 
 /// Drives one direction as far as it goes without waiting. The buffer is
@@ -506,22 +528,13 @@ where
         if half.done {
             return Poll::Ready(Ok(()));
         }
-        if let Some(buffer) = half.buffer.as_mut() {
-            while half.pos < half.end {
-                let data = &buffer.as_mut()[half.pos..half.end];
-                match ready!(Pin::new(&mut *dst).poll_write(cx, data)) {
-                    Err(e) => return Poll::Ready(Err(Side::Writing(e))),
-                    Ok(0) => {
-                        return Poll::Ready(Err(Side::Writing(io::ErrorKind::WriteZero.into())));
-                    }
-                    Ok(n) => {
-                        half.pos += n;
-                        half.moved += n as u64;
-                        counter.inc_by(n as u64);
-                    }
-                }
+        if half.flight.buffer.is_some() {
+            while !half.flight.bytes().is_empty() {
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, half.flight.bytes()))
+                    .map_err(Side::Writing)?;
+                half.flight.wrote(n, counter)?;
             }
-            half.buffer = None;
+            half.flight.release();
             half.need_flush = true;
         }
         if half.need_flush {
@@ -541,9 +554,7 @@ where
         if n == 0 {
             half.read_done = true;
         } else {
-            half.buffer = Some(buffer);
-            half.pos = 0;
-            half.end = n;
+            half.flight.hold(buffer, n);
         }
     }
 }
@@ -574,7 +585,7 @@ where
     let (mut up, mut down) = (Half::default(), Half::default());
     let end = watch
         .run(|cx, _| {
-            let before = up.moved + down.moved;
+            let before = up.flight.moved + down.flight.moved;
             if let Poll::Ready(Err(e)) = poll_half(cx, client, backend, &mut up, received) {
                 return ControlFlow::Break(e.end(true));
             }
@@ -584,12 +595,12 @@ where
             if up.done && down.done {
                 return ControlFlow::Break(End::Closed);
             }
-            ControlFlow::Continue(up.moved + down.moved != before)
+            ControlFlow::Continue(up.flight.moved + down.flight.moved != before)
         })
         .await;
     let transferred = Transferred {
-        received: up.moved,
-        sent: down.moved,
+        received: up.flight.moved,
+        sent: down.flight.moved,
     };
     (end, transferred)
 }
