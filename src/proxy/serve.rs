@@ -48,10 +48,14 @@ impl AcceptLoop {
         // A listener removed by a reload serves its queue with the last route
         // it had.
         let mut route = None;
+        // One waiter on the stop token for the loop's life, not one per
+        // accepted connection (each registers under the token's lock).
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut stopped => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -65,7 +69,7 @@ impl AcceptLoop {
                     // retrying at once would spin. Back off and try again.
                     tracing::warn!(listener = %self.name, error = %e, retry_in = ?backoff, "accept failed");
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        _ = &mut stopped => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
