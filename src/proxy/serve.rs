@@ -11,7 +11,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
-use super::connect::{BackendStream, Connected, connect};
+use super::connect::{BackendStream, Connected, First, connect};
 use super::copy::{self, End, Flow, Stops};
 use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
@@ -372,7 +372,16 @@ async fn connect_backend<'c>(
             }
         }
     };
-    let connected = unless_forced(force, connect(cluster, origin.source.ip(), &preamble)).await?;
+    // The client's first bytes go out right behind the handshake: held
+    // (the SNI peek's), or in the plain socket. A TLS client's next
+    // record may not be data, so its connect does not wait for one.
+    let first = match &client.stream {
+        _ if !client.initial.is_empty() => First::Held,
+        ClientStream::Plain(s) => First::FromClient(s),
+        ClientStream::Tls(_) => First::Nothing,
+    };
+    let connect = connect(cluster, origin.source.ip(), &preamble, first);
+    let connected = unless_forced(force, connect).await?;
     let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
