@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::{Backend, BackendState};
 use crate::config::HealthCheckConfig;
 use crate::metrics::ConnectErrorReason;
-use crate::proxy::connect::{BackendStream, First, open};
+use crate::proxy::connect::{BackendStream, open};
 use crate::proxy::route::{Cluster, Snapshot};
 
 /// Starts the checks a snapshot asks for; cancelling the token stops them.
@@ -109,11 +109,7 @@ async fn probe(
     backend: &Backend,
     check: &HealthCheckConfig,
 ) -> Result<(), Failure> {
-    let first = match check.http {
-        Some(_) => First::Held,
-        None => First::Nothing,
-    };
-    let mut stream = match open(cluster, backend.addr, &[], first).await {
+    let mut stream = match open(cluster, backend.addr, &[]).await {
         Ok(s) => s,
         Err((ConnectErrorReason::Local, e)) => return Err(Failure::Local(e)),
         Err((ConnectErrorReason::Tls, e)) => {

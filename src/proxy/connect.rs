@@ -39,30 +39,12 @@ pub enum ConnectError {
     },
 }
 
-/// What goes to a backend as soon as its connect is done, after any
-/// preamble. The handshake's last ACK waits for it and travels with it
-/// (see [`tcp_connect`]).
-#[derive(Clone, Copy)]
-pub enum First<'a> {
-    /// Nothing: the ACK goes out at once (a bare TCP health check).
-    Nothing,
-    /// Bytes the caller holds (an HTTP check's request, what an SNI peek
-    /// read), written as soon as it has the stream.
-    Held,
-    /// Whatever this client has sent by the time the connect is done,
-    /// which the copy writes in its first poll; if it has sent nothing,
-    /// the ACK goes out alone.
-    FromClient(&'a TcpStream),
-}
-
 /// Connects to a backend of `cluster` for a client at `client`; `preamble`
-/// (a PROXY header) is written before anything else, TLS included, and
-/// `first` right after.
+/// (a PROXY header) is written before anything else, TLS included.
 pub async fn connect<'a>(
     cluster: &'a Cluster,
     client: IpAddr,
     preamble: &[u8],
-    first: First<'_>,
 ) -> Result<Connected<'a>, ConnectError> {
     let backends = &cluster.backends;
     let mut tried = Tried::default();
@@ -77,7 +59,7 @@ pub async fn connect<'a>(
         let started = Instant::now();
         let result = tokio::time::timeout(
             cluster.config.connect_timeout,
-            open(cluster, backend.addr, preamble, first),
+            open(cluster, backend.addr, preamble),
         )
         .await;
         let (reason, detail) = match result {
@@ -155,27 +137,16 @@ impl Tried {
 }
 
 /// TCP connect, the preamble, then the TLS handshake when the cluster has
-/// `tls`; `first` follows (see [`First`]).
+/// `tls`. The handshake's last ACK is held back for the first bytes (see
+/// [`tcp_connect`]): a caller with none to write at once calls
+/// [`send_held_ack`], unless it closes at once (the FIN carries the ACK).
 pub async fn open(
     cluster: &Cluster,
     addr: SocketAddr,
     preamble: &[u8],
-    first: First<'_>,
 ) -> Result<BackendStream, (ConnectErrorReason, io::Error)> {
-    let writes_first = !preamble.is_empty() || cluster.tls.is_some();
-    let hold_ack = writes_first || !matches!(first, First::Nothing);
-    let mut stream = tcp_connect(addr, hold_ack)
-        .await
-        .map_err(|e| (classify(&e), e))?;
+    let mut stream = tcp_connect(addr).await.map_err(|e| (classify(&e), e))?;
     let _ = stream.set_nodelay(true);
-    if let First::FromClient(client) = first
-        && !writes_first
-        && !rustix::io::ioctl_fionread(client).is_ok_and(|n| n > 0)
-    {
-        // Nothing to carry the held ACK: send it now, or a backend that
-        // speaks first would wait for the delayed-ACK timer.
-        let _ = socket2::SockRef::from(&stream).set_tcp_quickack(true);
-    }
     if !preamble.is_empty() {
         Box::pin(stream.write_all(preamble))
             .await
@@ -194,23 +165,21 @@ pub async fn open(
 /// done; only one the kernel marked closed is asked why (tokio's own
 /// connect asks every time: one `getsockopt` per connection more).
 ///
-/// `hold_ack`: bytes go out as soon as the connect is done, so the
-/// handshake's last ACK waits to travel with them (what HAProxy calls
-/// `tcp-smart-connect`): one packet less per connection, and the backend
-/// wakes once for the connection and its first bytes, not twice. Whoever
-/// asks for it sends bytes or lets the ACK go (`TCP_QUICKACK` on): left
-/// alone, it waits for the delayed-ACK timer, up to 200 ms.
-async fn tcp_connect(addr: SocketAddr, hold_ack: bool) -> io::Result<TcpStream> {
+/// The handshake's last ACK waits for the first bytes and travels with
+/// them (what HAProxy calls `tcp-smart-connect`): one packet less per
+/// connection, and the backend wakes once for the connection and its first
+/// bytes, not twice. Most first bytes go out at once: a PROXY header, a
+/// ClientHello, a request the client sent with its connect.
+async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
-    if hold_ack {
-        // Linux holds the SYN-ACK's ACK of a socket in this mode until
-        // data goes out, `TCP_QUICKACK` is set again, or its timer fires.
-        let _ = socket.set_tcp_quickack(false);
-    }
+    // TCP_QUICKACK off before the connect: Linux then holds the SYN-ACK's
+    // ACK until data goes out, the option is set again, or its
+    // delayed-ACK timer fires (200 ms).
+    let _ = socket.set_tcp_quickack(false);
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
@@ -224,6 +193,13 @@ async fn tcp_connect(addr: SocketAddr, hold_ack: bool) -> io::Result<TcpStream> 
         return Err(e);
     }
     Ok(stream)
+}
+
+/// Sends the handshake's held ACK now: nothing goes to the backend at
+/// once, and a backend that speaks first would otherwise wait for the
+/// delayed-ACK timer before it even sees the connection.
+pub fn send_held_ack(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
 }
 
 /// A healthy backend not tried yet; when none is healthy, any backend not
@@ -299,7 +275,7 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let e = tcp_connect(addr, false).await.expect_err("nothing listens");
+        let e = tcp_connect(addr).await.expect_err("nothing listens");
         assert_eq!(classify(&e), ConnectErrorReason::Refused, "{e}");
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
-use super::connect::{BackendStream, Connected, First, connect};
+use super::connect::{self, BackendStream, Connected, connect};
 use super::copy::{self, End, Flow, Stops};
 use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
@@ -215,6 +215,17 @@ struct Client {
     sni: Option<String>,
 }
 
+impl Client {
+    /// Bytes from a plain client wait in its socket (one `FIONREAD`); the
+    /// copy writes them in its first poll.
+    fn has_bytes_waiting(&self) -> bool {
+        match &self.stream {
+            ClientStream::Plain(s) => rustix::io::ioctl_fionread(s).is_ok_and(|n| n > 0),
+            ClientStream::Tls(_) => false,
+        }
+    }
+}
+
 /// A connection up to its copy phase: PROXY header → client TLS or SNI
 /// peek → route → connect. A forced close is counted the same at every
 /// step.
@@ -372,16 +383,7 @@ async fn connect_backend<'c>(
             }
         }
     };
-    // The client's first bytes go out right behind the handshake: held
-    // (the SNI peek's), or in the plain socket. A TLS client's next
-    // record may not be data, so its connect does not wait for one.
-    let first = match &client.stream {
-        _ if !client.initial.is_empty() => First::Held,
-        ClientStream::Plain(s) => First::FromClient(s),
-        ClientStream::Tls(_) => First::Nothing,
-    };
-    let connect = connect(cluster, origin.source.ip(), &preamble, first);
-    let connected = unless_forced(force, connect).await?;
+    let connected = unless_forced(force, connect(cluster, origin.source.ip(), &preamble)).await?;
     let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
@@ -396,6 +398,18 @@ async fn connect_backend<'c>(
             return Err(Stop::Ended);
         }
     };
+    // The connect held its last ACK back for the first bytes. A PROXY
+    // header, a ClientHello or what the SNI peek read carries it now, and
+    // so will bytes the client has already sent; if it has sent none (a
+    // protocol where the server speaks first), or is a TLS client (its
+    // next record may not be data), let the ACK go.
+    if let BackendStream::Plain(b) = &backend.stream
+        && preamble.is_empty()
+        && client.initial.is_empty()
+        && !client.has_bytes_waiting()
+    {
+        connect::send_held_ack(b);
+    }
     // What the SNI peek read goes first, untouched.
     if !client.initial.is_empty() {
         let written = match &mut backend.stream {
