@@ -1,6 +1,6 @@
 //! Moving bytes both ways between a client and a backend, with half-close.
 //!
-//! Each direction waits for readiness without holding memory; a 64 KiB buffer
+//! Each direction waits for readiness without holding memory; a 32 KiB buffer
 //! is taken from a per-thread pool only while bytes flow and given back as
 //! soon as the socket has nothing more to read. An idle connection therefore
 //! costs its two sockets and a small task, not two buffers.
@@ -27,7 +27,9 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::drain::Signal;
 
-const BUFFER_SIZE: usize = 64 * 1024;
+/// 32 KiB: measured against 16 and 64 KiB on a bulk stream (BENCHMARKS.md,
+/// 3 December); with 64 KiB, baton needed 1.8× the CPU per GB.
+const BUFFER_SIZE: usize = 32 * 1024;
 /// Buffers kept per worker thread; more than this in flight are freed on return.
 const POOL_PER_THREAD: usize = 64;
 
