@@ -1,11 +1,10 @@
 //! The data path from outside: balancing order, bytes intact, half-close,
-//! idle timeout, max_connections, accept under fd exhaustion, and the
-//! backend handshake whose last ACK waits for the first bytes.
+//! idle timeout, max_connections, and accept under fd exhaustion.
 
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -344,94 +343,4 @@ fn memory_of_a_wave_of_connections_goes_back_once_they_close() {
     wait_until(Duration::from_secs(10), "memory given back", || {
         baton.rss_kib() < before + (peak - before) / 3
     });
-}
-
-/// Segments the kernel received on `stream`, from `TCP_INFO`.
-fn segments_in(stream: &TcpStream) -> u32 {
-    use nix::libc;
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data, and the kernel writes at most `len`
-    // bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_segs_in
-}
-
-/// Connects to `target`, sends `first`, and returns how many segments the
-/// backend's side of the connection took to receive `expect`.
-fn backend_segments(backend: &TcpListener, target: SocketAddr, first: &[u8], expect: &[u8]) -> u32 {
-    let mut client = TcpStream::connect(target).unwrap();
-    // One write: whatever comes before the client's data (a PROXY header)
-    // is here with it.
-    client.write_all(first).unwrap();
-    let (mut accepted, _) = backend.accept().unwrap();
-    accepted
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut got = vec![0u8; expect.len()];
-    accepted.read_exact(&mut got).unwrap();
-    assert_eq!(got, expect);
-    segments_in(&accepted)
-}
-
-#[test]
-fn the_backend_handshake_ends_in_the_segment_with_the_clients_first_bytes() {
-    // Held back, the handshake's last ACK travels with the first bytes:
-    // one segment less for the backend than a client of its own sends.
-    // The listener reads a PROXY header first, so the client's bytes are
-    // surely there when baton connects.
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = backend.local_addr().unwrap();
-    let mut config = ConfigBuilder::new(&[]);
-    config.backends.push((addr, 1));
-    config.listener_extra = "    proxy_protocol: { accept: true }\n".into();
-    let baton = Baton::start(&config.yaml());
-    let header = b"PROXY TCP4 192.0.2.9 192.0.2.1 4000 80\r\n";
-    let through = [header.as_slice(), b"GET / HTTP/1.1\r\n\r\n"].concat();
-    for _ in 0..3 {
-        let direct = backend_segments(
-            &backend,
-            addr,
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-        );
-        let proxied =
-            backend_segments(&backend, config.listen, &through, b"GET / HTTP/1.1\r\n\r\n");
-        assert_eq!(
-            proxied,
-            direct - 1,
-            "segments the backend received: {proxied} through baton, {direct} from a direct client"
-        );
-    }
-    drop(baton);
-}
-
-#[test]
-fn a_backend_that_speaks_first_is_not_kept_waiting() {
-    // A held ACK waits for the client's bytes; a client that waits for the
-    // backend to speak sends none, so baton lets the ACK go at once. Kept
-    // back, each connect would wait for the delayed-ACK timer (200 ms).
-    let a = Backend::start("a");
-    let config = ConfigBuilder::new(&[&a]);
-    let baton = Baton::start(&config.yaml());
-    let started = Instant::now();
-    for _ in 0..20 {
-        assert_eq!(connect_named(config.listen).1, "a");
-    }
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "20 greetings took {took:?}: 200 ms each means the backend waited for the handshake's ACK"
-    );
-    drop(baton);
 }

@@ -137,9 +137,7 @@ impl Tried {
 }
 
 /// TCP connect, the preamble, then the TLS handshake when the cluster has
-/// `tls`. The handshake's last ACK is held back for the first bytes (see
-/// [`tcp_connect`]): a caller with none to write at once calls
-/// [`send_held_ack`], unless it closes at once (the FIN carries the ACK).
+/// `tls`.
 pub async fn open(
     cluster: &Cluster,
     addr: SocketAddr,
@@ -164,22 +162,12 @@ pub async fn open(
 /// A non-blocking connect. The socket turns writable once the handshake is
 /// done; only one the kernel marked closed is asked why (tokio's own
 /// connect asks every time: one `getsockopt` per connection more).
-///
-/// The handshake's last ACK waits for the first bytes and travels with
-/// them (what HAProxy calls `tcp-smart-connect`): one packet less per
-/// connection, and the backend wakes once for the connection and its first
-/// bytes, not twice. Most first bytes go out at once: a PROXY header, a
-/// ClientHello, a request the client sent with its connect.
 async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
-    // TCP_QUICKACK off before the connect: Linux then holds the SYN-ACK's
-    // ACK until data goes out, the option is set again, or its
-    // delayed-ACK timer fires (200 ms).
-    let _ = socket.set_tcp_quickack(false);
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
@@ -193,13 +181,6 @@ async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
         return Err(e);
     }
     Ok(stream)
-}
-
-/// Sends the handshake's held ACK now: nothing goes to the backend at
-/// once, and a backend that speaks first would otherwise wait for the
-/// delayed-ACK timer before it even sees the connection.
-pub fn send_held_ack(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
 }
 
 /// A healthy backend not tried yet; when none is healthy, any backend not

@@ -28,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use crate::drain::Signal;
 
 /// 32 KiB: measured against 16 and 64 KiB on a bulk stream (BENCHMARKS.md,
-/// 3 December); with 64 KiB, baton needed 1.8× the CPU per GB.
+/// 3 December); with 64 KiB, baton needed about twice the CPU per GB.
 const BUFFER_SIZE: usize = 32 * 1024;
 /// Buffers kept per worker thread; more than this in flight are freed on return.
 const POOL_PER_THREAD: usize = 64;

@@ -11,7 +11,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
-use super::connect::{self, BackendStream, Connected, connect};
+use super::connect::{BackendStream, Connected, connect};
 use super::copy::{self, End, Flow, Stops};
 use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
@@ -215,17 +215,6 @@ struct Client {
     sni: Option<String>,
 }
 
-impl Client {
-    /// Bytes from a plain client wait in its socket (one `FIONREAD`); the
-    /// copy writes them in its first poll.
-    fn has_bytes_waiting(&self) -> bool {
-        match &self.stream {
-            ClientStream::Plain(s) => rustix::io::ioctl_fionread(s).is_ok_and(|n| n > 0),
-            ClientStream::Tls(_) => false,
-        }
-    }
-}
-
 /// A connection up to its copy phase: PROXY header → client TLS or SNI
 /// peek → route → connect. A forced close is counted the same at every
 /// step.
@@ -398,18 +387,6 @@ async fn connect_backend<'c>(
             return Err(Stop::Ended);
         }
     };
-    // The connect held its last ACK back for the first bytes. A PROXY
-    // header, a ClientHello or what the SNI peek read carries it now, and
-    // so will bytes the client has already sent; if it has sent none (a
-    // protocol where the server speaks first), or is a TLS client (its
-    // next record may not be data), let the ACK go.
-    if let BackendStream::Plain(b) = &backend.stream
-        && preamble.is_empty()
-        && client.initial.is_empty()
-        && !client.has_bytes_waiting()
-    {
-        connect::send_held_ack(b);
-    }
     // What the SNI peek read goes first, untouched.
     if !client.initial.is_empty() {
         let written = match &mut backend.stream {
