@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -343,4 +343,54 @@ fn memory_of_a_wave_of_connections_goes_back_once_they_close() {
     wait_until(Duration::from_secs(10), "memory given back", || {
         baton.rss_kib() < before + (peak - before) / 3
     });
+}
+
+/// A client that sends with its connect has those bytes read before the
+/// backend connect and sent with it. When that backend refuses, the retry
+/// gets every byte, in order, and the counters and access-log lines count
+/// each byte once.
+#[test]
+fn bytes_sent_with_the_connect_survive_a_refused_backend_and_count_once() {
+    let live = Backend::start("b");
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = ConfigBuilder::new(&[&live]);
+    config.backends = vec![(dead, 1), (live.addr, 1)];
+    config.cluster_extra = "    retries: 1\n".into();
+    let baton = Baton::start(&config.yaml());
+
+    let mut total = 0;
+    // Sizes below, at and past one copy buffer (32 KiB).
+    let sizes: Vec<usize> = (0..8).map(|i| 10_007 + i * 7_001).collect();
+    for (i, &len) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..len).map(|k| (k * 31 + i) as u8).collect();
+        let mut stream = TcpStream::connect(config.listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&payload).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert_eq!(
+            &answer[..2],
+            b"b\n",
+            "connection {i} reached the live backend"
+        );
+        assert!(answer[2..] == payload[..], "connection {i}: bytes differ");
+        total += len;
+    }
+
+    let refused = format!(
+        "baton_backend_connect_errors_total{{backend=\"{dead}\",cluster=\"app\",reason=\"refused\"}}"
+    );
+    assert!(
+        baton.metric(&refused).unwrap_or(0.0) >= 1.0,
+        "the dead backend was tried"
+    );
+    wait_until(Duration::from_secs(5), "byte counters", || {
+        baton.metric("baton_bytes_received_total{listener=\"web\"}") == Some(total as f64)
+    });
+    for len in sizes {
+        baton.wait_for_log(&format!("received={len} "));
+    }
 }

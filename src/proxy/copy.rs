@@ -543,6 +543,105 @@ pub async fn proxy(
     end
 }
 
+/// What a client sent before its backend was connected: the bytes an SNI
+/// peek read, or the request a plain client sent with its handshake. Read
+/// before the connect and sent right after it, in the same turn of the
+/// event loop (as HAProxy does), instead of one wake-up later; the pooled
+/// buffer is back in the pool by the time the copy starts.
+#[derive(Default)]
+pub struct Early {
+    flight: InFlight,
+}
+
+impl Early {
+    /// Bytes already read (the SNI peek's).
+    pub fn holding(bytes: Vec<u8>) -> Early {
+        let mut flight = InFlight::default();
+        if !bytes.is_empty() {
+            let len = bytes.len();
+            flight.hold(Buffer::holding(bytes), len);
+        }
+        Early { flight }
+    }
+
+    /// Whatever `client` has already sent, in one `recv`. Nothing yet (or
+    /// a FIN, which stays to be read again) is no bytes; the copy waits
+    /// for them as usual.
+    pub fn read(client: &TcpStream) -> io::Result<Early> {
+        let mut early = Early::default();
+        let mut buffer = Buffer::take();
+        let buf = buffer.as_mut();
+        let mut got_short = 0;
+        // Through tokio when it has seen the socket readable, so that a
+        // short read clears that readiness (as in `Pump::poll`) and the
+        // copy does not try again for nothing; made directly when it has
+        // not looked yet, which it would refuse.
+        let mut called = false;
+        let read = client.try_io(Interest::READABLE, || {
+            called = true;
+            let n = recv(client, buf)?;
+            if n > 0 && n < buf.len() {
+                got_short = n;
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let got = match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got_short > 0 => Ok(got_short),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !called => recv(client, buf),
+            read => read,
+        };
+        match got {
+            Ok(0) => {}
+            Ok(n) => early.flight.hold(buffer, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(early)
+    }
+
+    /// The bytes not yet sent.
+    pub fn bytes(&mut self) -> &[u8] {
+        self.flight.bytes()
+    }
+
+    /// Bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.flight.moved
+    }
+
+    /// One `send` to a backend whose connect may still be in progress: on
+    /// loopback and near backends the handshake is already done. Exactly
+    /// one call, so an error means no byte went to this backend and the
+    /// connect can be retried elsewhere with every byte still here. Not
+    /// connected yet (`EAGAIN`) sends nothing.
+    pub fn send_now(&mut self, backend: &TcpStream) -> io::Result<()> {
+        if self.flight.bytes().is_empty() {
+            return Ok(());
+        }
+        match send(backend, self.flight.bytes()) {
+            Ok(n) => {
+                self.advance(n);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `n` more bytes were sent.
+    pub fn advance(&mut self, n: usize) {
+        self.flight.pos += n;
+        self.flight.moved += n as u64;
+    }
+
+    /// All sent: the buffer goes back to the pool.
+    pub fn release(&mut self) {
+        self.flight.release();
+    }
+}
+
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {

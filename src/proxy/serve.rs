@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
 use super::connect::{BackendStream, Connected, connect};
-use super::copy::{self, End, Flow, Stops};
+use super::copy::{self, Early, End, Flow, Stops};
 use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
 use super::{proxy_protocol, sni};
@@ -210,8 +210,9 @@ struct Origin {
 /// A client after its TLS handshake or SNI peek.
 struct Client {
     stream: ClientStream,
-    /// Bytes the SNI peek read, to forward first.
-    initial: Vec<u8>,
+    /// Bytes read before the backend connect (by the SNI peek, or the
+    /// plain client's first bytes), to forward first.
+    initial: Early,
     sni: Option<String>,
 }
 
@@ -231,14 +232,22 @@ async fn setup<'r>(
     let _ = client.set_nodelay(true);
     let force = proxy.drain.force();
     let origin = proxy_header(&mut client, peer, listener, route, metrics, force).await?;
-    let client = client_stream(client, &origin, listener, route, metrics, force).await?;
+    let mut client = client_stream(client, &origin, listener, route, metrics, force).await?;
     let Some(cluster) = route.cluster_for(client.sni.as_deref()) else {
         metrics.reject(RejectReason::SniNoRoute);
         tracing::debug!(client = %origin.source, listener, sni = client.sni, "no route for this server name");
         return Err(Stop::Rejected);
     };
-    let backend =
-        connect_backend(&client, &origin, cluster, listener, route, metrics, force).await?;
+    let backend = connect_backend(
+        &mut client,
+        &origin,
+        cluster,
+        listener,
+        route,
+        metrics,
+        force,
+    )
+    .await?;
     Ok(copy_phase(
         client,
         backend,
@@ -315,7 +324,7 @@ async fn client_stream(
                         .map(str::to_ascii_lowercase);
                     Ok(Client {
                         stream: ClientStream::Tls(Box::new(stream)),
-                        initial: Vec::new(),
+                        initial: Early::default(),
                         sni,
                     })
                 }
@@ -336,22 +345,34 @@ async fn client_stream(
                 unless_forced(force, Box::pin(sni::peek(&mut client, SNI_PEEK_TIMEOUT))).await?;
             Ok(Client {
                 stream: ClientStream::Plain(client),
-                initial,
+                initial: Early::holding(initial),
                 sni: name.ok().flatten(),
             })
         }
-        None => Ok(Client {
-            stream: ClientStream::Plain(client),
-            initial: Vec::new(),
-            sni: None,
-        }),
+        None => {
+            // Most clients send as soon as they are connected: what is
+            // there already goes to the backend with its connect.
+            let initial = match Early::read(&client) {
+                Ok(initial) => initial,
+                Err(e) => {
+                    // Gone before a backend was asked for: none is.
+                    tracing::debug!(client = %origin.source, listener, error = %e, "client failed before its first byte");
+                    return Err(Stop::Ended);
+                }
+            };
+            Ok(Client {
+                stream: ClientStream::Plain(client),
+                initial,
+                sni: None,
+            })
+        }
     }
 }
 
 /// Connects to a backend of `cluster` (the PROXY header onward first), then
-/// forwards what the SNI peek read.
+/// forwards what the client sent before (the connect itself may have).
 async fn connect_backend<'c>(
-    client: &Client,
+    client: &mut Client,
     origin: &Origin,
     cluster: &'c Cluster,
     listener: &str,
@@ -372,7 +393,8 @@ async fn connect_backend<'c>(
             }
         }
     };
-    let connected = unless_forced(force, connect(cluster, origin.source.ip(), &preamble)).await?;
+    let connect = connect(cluster, origin.source.ip(), &preamble, &mut client.initial);
+    let connected = unless_forced(force, connect).await?;
     let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
@@ -387,17 +409,22 @@ async fn connect_backend<'c>(
             return Err(Stop::Ended);
         }
     };
-    // What the SNI peek read goes first, untouched.
-    if !client.initial.is_empty() {
+    // What the client sent before goes first, untouched.
+    let early = &mut client.initial;
+    let rest = early.bytes().len();
+    if rest > 0 {
+        let bytes = early.bytes();
         let written = match &mut backend.stream {
-            BackendStream::Plain(b) => copy::write_all(b, &client.initial).await,
-            BackendStream::Tls(b) => Box::pin(b.write_all(&client.initial)).await,
+            BackendStream::Plain(b) => copy::write_all(b, bytes).await,
+            BackendStream::Tls(b) => Box::pin(b.write_all(bytes)).await,
         };
         if written.is_err() {
             return Err(Stop::Ended);
         }
-        metrics.bytes_received.inc_by(client.initial.len() as u64);
+        early.advance(rest);
     }
+    early.release();
+    metrics.bytes_received.inc_by(early.sent());
     Ok(backend)
 }
 
@@ -444,11 +471,13 @@ fn copy_phase<'c>(
                 started: SystemTime::now() - started.elapsed(),
                 migrated: 0,
             };
+            let mut flow = Flow::default();
+            flow.bytes.received = client.initial.sent();
             let stream = PlainStream {
                 client: c,
                 backend: b,
                 info,
-                flow: Flow::default(),
+                flow,
             };
             CopyPhase::Plain(stream, active)
         }
@@ -529,6 +558,10 @@ async fn copy_tls(
         }
     };
     drop(active);
+    let bytes = copy::Transferred {
+        received: bytes.received + client.initial.sent(),
+        ..bytes
+    };
     let info = Logged {
         client: source,
         listener,
