@@ -31,12 +31,6 @@ pub struct AcceptLoop {
     pub active: Arc<AtomicUsize>,
 }
 
-/// The accept loop steps aside after this many connections, so that the
-/// streams already open run between its accepts. A new connection's first
-/// step (read, connect, send) is the dearest of its life; taking a whole
-/// queue of them at once kept every open stream waiting behind them (the
-/// new-connection p99 was 1.3-1.4x HAProxy's; BENCHMARKS.md, 3 December).
-const ACCEPT_BURST: usize = 8;
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -58,7 +52,6 @@ impl AcceptLoop {
         // accepted connection (each registers under the token's lock).
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
-        let mut burst = 0;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -69,13 +62,6 @@ impl AcceptLoop {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_MIN;
                     self.admit(stream, peer, &mut route);
-                    burst += 1;
-                    if burst == ACCEPT_BURST {
-                        burst = 0;
-                        // Back after tokio's next look at the sockets: the
-                        // streams with news go first.
-                        tokio::task::yield_now().await;
-                    }
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
