@@ -16,7 +16,6 @@ use crate::balance::{Backend, BackendState};
 use crate::config::HealthCheckConfig;
 use crate::metrics::ConnectErrorReason;
 use crate::proxy::connect::{BackendStream, open};
-use crate::proxy::copy::Early;
 use crate::proxy::route::{Cluster, Snapshot};
 
 /// Starts the checks a snapshot asks for; cancelling the token stops them.
@@ -110,7 +109,7 @@ async fn probe(
     backend: &Backend,
     check: &HealthCheckConfig,
 ) -> Result<(), Failure> {
-    let mut stream = match open(cluster, backend.addr, &[], &mut Early::default()).await {
+    let mut stream = match open(cluster, backend.addr, &[]).await {
         Ok(s) => s,
         Err((ConnectErrorReason::Local, e)) => return Err(Failure::Local(e)),
         Err((ConnectErrorReason::Tls, e)) => {

@@ -345,10 +345,9 @@ fn memory_of_a_wave_of_connections_goes_back_once_they_close() {
     });
 }
 
-/// A client that sends with its connect has those bytes read before the
-/// backend connect and sent with it. When that backend refuses, the retry
-/// gets every byte, in order, and the counters and access-log lines count
-/// each byte once.
+/// A client that sends with its connect, before any backend is connected:
+/// when the first backend refuses, the retry gets every byte, in order, and
+/// the counters and access-log lines count each byte once.
 #[test]
 fn bytes_sent_with_the_connect_survive_a_refused_backend_and_count_once() {
     let live = Backend::start("b");

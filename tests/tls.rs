@@ -528,7 +528,7 @@ fn sni_routing_passes_a_real_handshake_through_to_the_named_backend() {
         "admin:\n  listen: \"{}\"\ncontrol:\n  socket: baton.sock\nlisteners:\n  - name: web\n    listen: \"{}\"\n    sni_routes:\n      a.test: ca\n      \"*.b.test\": cb\nclusters:\n  - {{ name: ca, backends: [ {{ address: \"{a}\" }} ] }}\n  - {{ name: cb, backends: [ {{ address: \"{b}\" }} ] }}\n",
         config.admin, config.listen
     );
-    let _baton = start_in(dir, &yaml);
+    let baton = start_in(dir, &yaml);
     let client = client_config(&[&rustls::version::TLS13, &rustls::version::TLS12]);
     // The backend terminates: its own certificate comes back through baton.
     assert_eq!(
@@ -539,6 +539,23 @@ fn sni_routing_passes_a_real_handshake_through_to_the_named_backend() {
         served_cn(&tls_connect(config.listen, "www.b.test", &client)),
         "b.test"
     );
+    // The ClientHello the peek read counts in each access line as it does
+    // on the listener's counter.
+    let logged = || -> Vec<u64> {
+        baton
+            .log()
+            .lines()
+            .filter_map(|l| l.split("received=").nth(1))
+            .filter_map(|r| r.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "two access lines", || {
+        logged().len() == 2
+    });
+    let counted = baton
+        .metric("baton_bytes_received_total{listener=\"web\"}")
+        .expect("bytes received are counted");
+    assert_eq!(logged().iter().sum::<u64>() as f64, counted);
 }
 
 #[test]

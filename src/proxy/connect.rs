@@ -9,7 +9,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use super::copy::Early;
 use super::route::Cluster;
 use crate::balance::{ActiveGuard, Backend};
 use crate::metrics::ConnectErrorReason;
@@ -41,14 +40,11 @@ pub enum ConnectError {
 }
 
 /// Connects to a backend of `cluster` for a client at `client`; `preamble`
-/// (a PROXY header) is written before anything else, TLS included. What
-/// the client sent already (`early`) goes out with the connect when it can
-/// (see [`open`]); the caller writes the rest.
+/// (a PROXY header) is written before anything else, TLS included.
 pub async fn connect<'a>(
     cluster: &'a Cluster,
     client: IpAddr,
     preamble: &[u8],
-    early: &mut Early,
 ) -> Result<Connected<'a>, ConnectError> {
     let backends = &cluster.backends;
     let mut tried = Tried::default();
@@ -63,7 +59,7 @@ pub async fn connect<'a>(
         let started = Instant::now();
         let result = tokio::time::timeout(
             cluster.config.connect_timeout,
-            open(cluster, backend.addr, preamble, early),
+            open(cluster, backend.addr, preamble),
         )
         .await;
         let (reason, detail) = match result {
@@ -141,27 +137,14 @@ impl Tried {
 }
 
 /// TCP connect, the preamble, then the TLS handshake when the cluster has
-/// `tls`. A plain connection with nothing to write first sends `early` as
-/// soon as `connect` returns: on loopback and near backends the handshake
-/// is done by then, so the request reaches the backend in this turn of the
-/// event loop, and a byte sent proves the connection up without waiting
-/// for the reactor to say so. A refused send is the connect's failure.
+/// `tls`.
 pub async fn open(
     cluster: &Cluster,
     addr: SocketAddr,
     preamble: &[u8],
-    early: &mut Early,
 ) -> Result<BackendStream, (ConnectErrorReason, io::Error)> {
-    let failed = |e: io::Error| (classify(&e), e);
-    let mut stream = start_connect(addr).map_err(failed)?;
+    let mut stream = tcp_connect(addr).await.map_err(|e| (classify(&e), e))?;
     let _ = stream.set_nodelay(true);
-    let sent = early.sent();
-    if preamble.is_empty() && cluster.tls.is_none() {
-        early.send_now(&stream).map_err(failed)?;
-    }
-    if early.sent() == sent {
-        connected(&stream).await.map_err(failed)?;
-    }
     if !preamble.is_empty() {
         Box::pin(stream.write_all(preamble))
             .await
@@ -176,8 +159,10 @@ pub async fn open(
     }
 }
 
-/// A non-blocking connect, started.
-fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+/// A non-blocking connect. The socket turns writable once the handshake is
+/// done; only one the kernel marked closed is asked why (tokio's own
+/// connect asks every time: one `getsockopt` per connection more).
+async fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -188,21 +173,14 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    TcpStream::from_std(socket.into())
-}
-
-/// Waits for a started connect. The socket turns writable once the
-/// handshake is done; only one the kernel marked closed is asked why
-/// (tokio's own connect asks every time: one `getsockopt` per connection
-/// more).
-async fn connected(stream: &TcpStream) -> io::Result<()> {
+    let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE).await?;
     if ready.is_write_closed()
         && let Some(e) = stream.take_error()?
     {
         return Err(e);
     }
-    Ok(())
+    Ok(stream)
 }
 
 /// A healthy backend not tried yet; when none is healthy, any backend not
@@ -278,8 +256,7 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let stream = start_connect(addr).expect("a socket");
-        let e = connected(&stream).await.expect_err("nothing listens");
+        let e = tcp_connect(addr).await.expect_err("nothing listens");
         assert_eq!(classify(&e), ConnectErrorReason::Refused, "{e}");
     }
 }

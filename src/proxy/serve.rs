@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
 use super::connect::{BackendStream, Connected, connect};
-use super::copy::{self, Early, End, Flow, Stops};
+use super::copy::{self, End, Flow, Stops};
 use super::moving::{Moves, Parked, StreamInfo};
 use super::route::{Cluster, Route};
 use super::{proxy_protocol, sni};
@@ -210,9 +210,8 @@ struct Origin {
 /// A client after its TLS handshake or SNI peek.
 struct Client {
     stream: ClientStream,
-    /// Bytes read before the backend connect (by the SNI peek, or the
-    /// plain client's first bytes), to forward first.
-    initial: Early,
+    /// Bytes the SNI peek read, to forward first.
+    initial: Vec<u8>,
     sni: Option<String>,
 }
 
@@ -232,22 +231,14 @@ async fn setup<'r>(
     let _ = client.set_nodelay(true);
     let force = proxy.drain.force();
     let origin = proxy_header(&mut client, peer, listener, route, metrics, force).await?;
-    let mut client = client_stream(client, &origin, listener, route, metrics, force).await?;
+    let client = client_stream(client, &origin, listener, route, metrics, force).await?;
     let Some(cluster) = route.cluster_for(client.sni.as_deref()) else {
         metrics.reject(RejectReason::SniNoRoute);
         tracing::debug!(client = %origin.source, listener, sni = client.sni, "no route for this server name");
         return Err(Stop::Rejected);
     };
-    let backend = connect_backend(
-        &mut client,
-        &origin,
-        cluster,
-        listener,
-        route,
-        metrics,
-        force,
-    )
-    .await?;
+    let backend =
+        connect_backend(&client, &origin, cluster, listener, route, metrics, force).await?;
     Ok(copy_phase(
         client,
         backend,
@@ -324,7 +315,7 @@ async fn client_stream(
                         .map(str::to_ascii_lowercase);
                     Ok(Client {
                         stream: ClientStream::Tls(Box::new(stream)),
-                        initial: Early::default(),
+                        initial: Vec::new(),
                         sni,
                     })
                 }
@@ -345,34 +336,22 @@ async fn client_stream(
                 unless_forced(force, Box::pin(sni::peek(&mut client, SNI_PEEK_TIMEOUT))).await?;
             Ok(Client {
                 stream: ClientStream::Plain(client),
-                initial: Early::holding(initial),
+                initial,
                 sni: name.ok().flatten(),
             })
         }
-        None => {
-            // Most clients send as soon as they are connected: what is
-            // there already goes to the backend with its connect.
-            let initial = match Early::read(&client) {
-                Ok(initial) => initial,
-                Err(e) => {
-                    // Gone before a backend was asked for: none is.
-                    tracing::debug!(client = %origin.source, listener, error = %e, "client failed before its first byte");
-                    return Err(Stop::Ended);
-                }
-            };
-            Ok(Client {
-                stream: ClientStream::Plain(client),
-                initial,
-                sni: None,
-            })
-        }
+        None => Ok(Client {
+            stream: ClientStream::Plain(client),
+            initial: Vec::new(),
+            sni: None,
+        }),
     }
 }
 
 /// Connects to a backend of `cluster` (the PROXY header onward first), then
-/// forwards what the client sent before (the connect itself may have).
+/// forwards what the SNI peek read.
 async fn connect_backend<'c>(
-    client: &mut Client,
+    client: &Client,
     origin: &Origin,
     cluster: &'c Cluster,
     listener: &str,
@@ -393,8 +372,7 @@ async fn connect_backend<'c>(
             }
         }
     };
-    let connect = connect(cluster, origin.source.ip(), &preamble, &mut client.initial);
-    let connected = unless_forced(force, connect).await?;
+    let connected = unless_forced(force, connect(cluster, origin.source.ip(), &preamble)).await?;
     let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
@@ -409,22 +387,17 @@ async fn connect_backend<'c>(
             return Err(Stop::Ended);
         }
     };
-    // What the client sent before goes first, untouched.
-    let early = &mut client.initial;
-    let rest = early.bytes().len();
-    if rest > 0 {
-        let bytes = early.bytes();
+    // What the SNI peek read goes first, untouched.
+    if !client.initial.is_empty() {
         let written = match &mut backend.stream {
-            BackendStream::Plain(b) => copy::write_all(b, bytes).await,
-            BackendStream::Tls(b) => Box::pin(b.write_all(bytes)).await,
+            BackendStream::Plain(b) => copy::write_all(b, &client.initial).await,
+            BackendStream::Tls(b) => Box::pin(b.write_all(&client.initial)).await,
         };
         if written.is_err() {
             return Err(Stop::Ended);
         }
-        early.advance(rest);
+        metrics.bytes_received.inc_by(client.initial.len() as u64);
     }
-    early.release();
-    metrics.bytes_received.inc_by(early.sent());
     Ok(backend)
 }
 
@@ -471,8 +444,9 @@ fn copy_phase<'c>(
                 started: SystemTime::now() - started.elapsed(),
                 migrated: 0,
             };
+            // What the SNI peek read was forwarded before the copy.
             let mut flow = Flow::default();
-            flow.bytes.received = client.initial.sent();
+            flow.bytes.received = client.initial.len() as u64;
             let stream = PlainStream {
                 client: c,
                 backend: b,
@@ -559,7 +533,7 @@ async fn copy_tls(
     };
     drop(active);
     let bytes = copy::Transferred {
-        received: bytes.received + client.initial.sent(),
+        received: bytes.received + client.initial.len() as u64,
         ..bytes
     };
     let info = Logged {
