@@ -141,8 +141,8 @@ fn runtime_builder() -> tokio::runtime::Builder {
         // A look at the sockets every 16 task polls, not tokio's 61: under
         // a flood of new connections, a backend's answer waited behind up
         // to 61 other tasks before its stream even learned of it (the
-        // new-connection p99 went from 1.6x HAProxy's to 1.1-1.3x, same
-        // CPU; BENCHMARKS.md, 3 December).
+        // new-connection p99 went from about 1.5x HAProxy's to about 1.2x,
+        // same CPU; BENCHMARKS.md, 3 December).
         builder.event_interval(16);
         builder
     } else {

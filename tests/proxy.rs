@@ -393,3 +393,24 @@ fn bytes_sent_with_the_connect_survive_a_refused_backend_and_count_once() {
         baton.wait_for_log(&format!("received={len} "));
     }
 }
+
+/// One worker (the current-thread scheduler, as the benchmarks and
+/// single-core hosts run baton): short connections and long streams at
+/// once, every byte checked, no client error.
+#[test]
+fn one_worker_serves_short_connections_and_long_streams_together() {
+    let backend = Backend::start("a");
+    let config = ConfigBuilder::new(&[&backend]);
+    let baton = Baton::start_opts(&config.yaml(), None, &[("TOKIO_WORKER_THREADS", "1")]);
+    let load = Load::start(config.listen, 6, 3);
+    wait_until(Duration::from_secs(10), "traffic of both kinds", || {
+        load.short_done.load(std::sync::atomic::Ordering::Relaxed) >= 500
+            && load.stream_bytes.load(std::sync::atomic::Ordering::Relaxed) >= 1 << 20
+    });
+    let errors = load.finish();
+    assert!(errors.is_empty(), "client failures: {errors:?}");
+    assert!(
+        baton.metric("baton_connections_accepted_total{listener=\"web\"}") >= Some(503.0),
+        "every connection went through baton"
+    );
+}
