@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+/// A connection's place in the drain: the drain waits until each is
+/// dropped, and `active` counts them. A connection task holds its own, so a
+/// stream that moves to another process can give it up before anything
+/// else that the migration watches (`Moves::copying`).
+pub type Open = TaskTrackerToken;
 
 /// A one-way signal that every open connection watches. Reading it is one
 /// atomic load: a copy looks at it on every wake-up, and a
@@ -70,11 +77,12 @@ impl Drain {
         self.interrupt.fire();
     }
 
-    pub fn spawn_connection<F>(&self, connection: F)
+    /// Spawns the task `connection` makes from its place in the drain.
+    pub fn spawn_connection<F>(&self, connection: impl FnOnce(Open) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.connections.spawn(connection);
+        tokio::spawn(connection(self.connections.token()));
         // Mostly a load: the mark moves only while a wave grows.
         let open = self.connections.len();
         if open > self.peak.load(Ordering::Relaxed) {

@@ -18,7 +18,7 @@ use super::route::{Cluster, Route};
 use super::{proxy_protocol, sni};
 use crate::balance::ActiveGuard;
 use crate::config::ProxyProtocolVersion;
-use crate::drain::Signal;
+use crate::drain::{Open, Signal};
 use crate::metrics::{ListenerMetrics, RejectReason};
 use tokio::io::AsyncWriteExt;
 
@@ -109,15 +109,10 @@ impl AcceptLoop {
             metrics: self.metrics.clone(),
         };
         self.metrics.active.inc();
-        let task = connection(
-            stream,
-            peer,
-            self.name.clone(),
-            route,
-            self.proxy.clone(),
-            guard,
-        );
-        self.proxy.drain.spawn_connection(task);
+        let (name, proxy) = (self.name.clone(), self.proxy.clone());
+        self.proxy
+            .drain
+            .spawn_connection(|open| connection(stream, peer, name, route, proxy, guard, open));
     }
 }
 
@@ -133,6 +128,7 @@ fn connection(
     route: Arc<Route>,
     proxy: Arc<Proxy>,
     guard: ActiveConnection,
+    open: Open,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let metrics = &guard.metrics;
@@ -144,7 +140,7 @@ fn connection(
             let phase = Box::pin(setup(stream, peer, &name, &route, &proxy, metrics)).await;
             match phase {
                 Ok(CopyPhase::Plain(stream, active)) => {
-                    Either::Left(copy_plain(stream, Some(active), &proxy, metrics))
+                    Either::Left(copy_plain(stream, Some(active), &proxy, metrics, open))
                 }
                 Ok(CopyPhase::Tls(tls)) => Either::Right(copy_tls(tls, &name, &proxy, metrics)),
                 Err(Stop::Forced) => {
@@ -569,6 +565,7 @@ fn copy_plain<'a>(
     backend_active: Option<ActiveGuard>,
     proxy: &'a Proxy,
     metrics: &'a ListenerMetrics,
+    open: Open,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
         // Counts the stream on its backend until it ends or moves away.
@@ -596,7 +593,13 @@ fn copy_plain<'a>(
             }
             match park(stream, &proxy.moves) {
                 Some(back) => stream = back,
-                None => return,
+                None => {
+                    // Out of the drain before out of `copying`: once the
+                    // migration sees no stream copying, `active` counts
+                    // only the streams that stay.
+                    drop(open);
+                    return;
+                }
             }
         };
         let info = &stream.info;
@@ -709,8 +712,8 @@ pub fn adopt(proxy: &Arc<Proxy>, parked: Parked, active: Arc<AtomicUsize>, moved
         flow,
     };
     let proxy_ = proxy.clone();
-    proxy.drain.spawn_connection(async move {
-        copy_plain(stream, backend_active, &proxy_, &guard.metrics).await;
+    proxy.drain.spawn_connection(move |open| async move {
+        copy_plain(stream, backend_active, &proxy_, &guard.metrics, open).await;
         drop(guard);
     });
 }
@@ -842,7 +845,8 @@ mod tests {
             active: Arc::new(AtomicUsize::new(1)),
             metrics: listener_metrics,
         };
-        let task = connection(stream, peer, "web".into(), route, proxy, guard);
+        let open = tokio_util::task::TaskTracker::new().token();
+        let task = connection(stream, peer, "web".into(), route, proxy, guard, open);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1_300, "a connection's task is {size} bytes");
     }
