@@ -118,6 +118,63 @@ fn backend_fin_is_forwarded_while_the_client_keeps_sending() {
 }
 
 #[test]
+fn an_answer_sent_just_before_a_backend_reset_reaches_the_client_whole() {
+    // The backend answers and closes with SO_LINGER 0: its RST follows the
+    // answer at once, mostly before baton has read the answer. The answer
+    // still goes out whole, and only then does the stream end, as a
+    // backend error.
+    const ROUNDS: usize = 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        for round in 0..ROUNDS {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut question = [0u8; 8];
+            s.read_exact(&mut question).unwrap();
+            s.write_all(&answer(round)).unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    });
+    fn answer(round: usize) -> Vec<u8> {
+        (0..1000 + round * 97).map(|i| (i % 251) as u8).collect()
+    }
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(backend_addr, 1)];
+    let baton = Baton::start(&config.yaml());
+
+    for round in 0..ROUNDS {
+        let mut client = TcpStream::connect(config.listen).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"question").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The close that follows may be a FIN or a reset: the bytes
+        // before it are what counts.
+        while let Ok(n @ 1..) = client.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, answer(round), "round {round}: the answer, whole");
+    }
+    server.join().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "an access line for every round, each a backend error",
+        || {
+            let log = baton.log();
+            let ends: Vec<_> = log
+                .lines()
+                .filter(|l| l.contains("backend_addr=") && l.contains(" sent="))
+                .collect();
+            ends.len() == ROUNDS && ends.iter().all(|l| l.contains("backend_error"))
+        },
+    );
+}
+
+#[test]
 fn idle_connections_are_closed_after_idle_timeout() {
     let echo = Backend::echo();
     let mut config = ConfigBuilder::new(&[&echo]);

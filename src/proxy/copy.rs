@@ -82,13 +82,17 @@ fn recv(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn send(dst: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+/// `more`: the FIN follows at once, so the last segment waits for it
+/// (`MSG_MORE`) and both leave as one.
+fn send(dst: &TcpStream, bytes: &[u8], more: bool) -> io::Result<usize> {
+    use rustix::net::SendFlags;
     // NOSIGNAL: a peer gone is an error here, not a SIGPIPE.
-    Ok(rustix::net::send(
-        dst,
-        bytes,
-        rustix::net::SendFlags::NOSIGNAL,
-    )?)
+    let flags = if more {
+        SendFlags::NOSIGNAL | SendFlags::MORE
+    } else {
+        SendFlags::NOSIGNAL
+    };
+    Ok(rustix::net::send(dst, bytes, flags)?)
 }
 
 /// The monotonic clock as of the kernel's last tick (1 to 10 ms old): no
@@ -366,13 +370,20 @@ impl InFlight {
 #[derive(Default)]
 struct Pump {
     flight: InFlight,
-    /// The source sent its FIN, and every byte before it was written.
+    /// The source sent its FIN: every byte before it was read (those in
+    /// `flight` are still to write).
     eof: bool,
     /// The FIN was passed on (or the close will pass it): the direction
     /// is over.
     shut: bool,
     /// The FIN was held for one turn of the event loop (see `pass_fin`).
     fin_held: bool,
+    /// The last bytes went out corked for the FIN (`MSG_MORE`): it must
+    /// follow at once.
+    corked: bool,
+    /// A read failed after bytes were read in the same turn: reported once
+    /// they are written.
+    failed: Option<io::ErrorKind>,
 }
 
 impl Pump {
@@ -389,6 +400,8 @@ impl Pump {
             eof: direction.shut,
             shut: direction.shut,
             fin_held: false,
+            corked: false,
+            failed: None,
         }
     }
 
@@ -414,7 +427,8 @@ impl Pump {
         loop {
             while !self.flight.bytes().is_empty() {
                 let bytes = self.flight.bytes();
-                match dst.try_io(Interest::WRITABLE, || send(dst, bytes)) {
+                let more = self.eof;
+                match dst.try_io(Interest::WRITABLE, || send(dst, bytes, more)) {
                     Ok(n) => self.flight.wrote(n, counter)?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if pausing {
@@ -425,9 +439,13 @@ impl Pump {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Poll::Ready(Err(Side::Writing(e))),
                 }
+                self.corked = more;
             }
             // All written: the buffer goes back to the pool before a wait.
             self.flight.release();
+            if let Some(kind) = self.failed.take() {
+                return Poll::Ready(Err(Side::Reading(kind.into())));
+            }
             if self.eof || pausing {
                 return Poll::Ready(Ok(()));
             }
@@ -452,6 +470,28 @@ impl Pump {
             });
             match read {
                 _ if got > 0 => {
+                    if got < buf.len() && src.poll_read_ready(cx).is_ready() {
+                        // The socket is drained, yet ready: the FIN came
+                        // (tokio keeps a seen FIN as readiness), or more
+                        // bytes did. Read it now, so that these bytes and
+                        // the FIN can leave in one segment.
+                        let rest = &mut buf[got..];
+                        let mut more = 0;
+                        let read = src.try_io(Interest::READABLE, || {
+                            more = recv(src, rest)?;
+                            Ok(more)
+                        });
+                        match read {
+                            Ok(0) => self.eof = true,
+                            Ok(_) => got += more,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                                ) => {}
+                            Err(e) => self.failed = Some(e.kind()),
+                        }
+                    }
                     self.flight.hold(buffer, got);
                 }
                 Err(e)
@@ -469,17 +509,24 @@ impl Pump {
     }
 
     /// Passes the source's FIN on to `dst` (half-close: the other
-    /// direction keeps flowing), once both directions were polled. Held
-    /// for one turn of the event loop first: a peer that closes as soon as
-    /// it has the other's last bytes (`Connection: close`) has usually
-    /// closed by then, and when both ends have, the close that follows
-    /// sends both FINs: no shutdown call, and the TIME_WAIT stays with the
-    /// peer that closed first, as it would without a proxy between them.
+    /// direction keeps flowing), once both directions were polled and its
+    /// bytes are written. When the FIN was read with the last bytes (a
+    /// `Connection: close` answer, mostly), it goes out at once, in their
+    /// segment: one packet less on each such connection, as HAProxy does.
+    /// A FIN that came alone is held for one turn of the event loop: a
+    /// peer that closes as soon as it has the other's last bytes has
+    /// usually closed by then, and when both ends have, the close that
+    /// follows sends both FINs: no shutdown call.
     fn pass_fin(&mut self, cx: &mut Context<'_>, dst: &TcpStream, other_eof: bool, pausing: bool) {
-        if !self.eof || self.shut {
+        if !self.eof || self.shut || self.flight.buffer.is_some() {
             return;
         }
-        if other_eof {
+        if self.corked {
+            // The last bytes wait for this FIN: no hold, no leaving it to
+            // the close.
+            let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+            self.shut = true;
+        } else if other_eof {
             self.shut = true;
         } else if self.fin_held || pausing {
             let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
