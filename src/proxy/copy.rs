@@ -431,7 +431,9 @@ impl Pump {
                 match dst.try_io(Interest::WRITABLE, || send(dst, bytes, more)) {
                     Ok(n) => self.flight.wrote(n, counter)?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if pausing {
+                        // A stream with a read error to report does not
+                        // move: the error would not move with it.
+                        if pausing && self.failed.is_none() {
                             return Poll::Ready(Ok(()));
                         }
                         ready!(dst.poll_write_ready(cx)).map_err(Side::Writing)?;
