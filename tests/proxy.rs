@@ -175,6 +175,77 @@ fn an_answer_sent_just_before_a_backend_reset_reaches_the_client_whole() {
 }
 
 #[test]
+fn an_answer_that_ends_with_the_fin_reaches_the_client_in_one_segment() {
+    // The backend sends its answer and its FIN in one segment (MSG_MORE,
+    // then shutdown), as nginx does for `Connection: close`. baton passes
+    // both on in one segment too: the client counts, in TCP_INFO, as many
+    // segments through baton as straight from the backend (SYN-ACK, the ACK
+    // of its request, answer and FIN), not one more for a FIN of its own.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    const ROUNDS: usize = 10;
+    let server = thread::spawn(move || {
+        for _ in 0..2 * ROUNDS {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut question = [0u8; 8];
+            s.read_exact(&mut question).unwrap();
+            socket2::SockRef::from(&s)
+                .send_with_flags(b"the answer", nix::libc::MSG_MORE)
+                .unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+    });
+    let mut config = ConfigBuilder::new(&[]);
+    config.backends = vec![(backend_addr, 1)];
+    let _baton = Baton::start(&config.yaml());
+
+    let segments_in = |to: SocketAddr| {
+        let mut client = TcpStream::connect(to).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"question").unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"the answer");
+        tcp_info(&client).tcpi_segs_in
+    };
+    for round in 0..ROUNDS {
+        let direct = segments_in(backend_addr);
+        let proxied = segments_in(config.listen);
+        assert_eq!(
+            proxied, direct,
+            "round {round}: segments the client received through baton and directly"
+        );
+    }
+    server.join().unwrap();
+}
+
+/// The kernel's TCP_INFO of a connected socket.
+fn tcp_info(socket: &TcpStream) -> nix::libc::tcp_info {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero tcp_info is a valid value (plain integers), and
+    // getsockopt writes at most `len` bytes into it.
+    let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&info) as nix::libc::socklen_t;
+    // SAFETY: the fd is open for as long as `socket` is borrowed; the
+    // pointer and length describe `info`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            socket.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            (&mut info as *mut nix::libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info
+}
+
+#[test]
 fn idle_connections_are_closed_after_idle_timeout() {
     let echo = Backend::echo();
     let mut config = ConfigBuilder::new(&[&echo]);
