@@ -164,6 +164,10 @@ impl Registry {
         socket: &std::net::TcpListener,
         active: &Arc<AtomicUsize>,
     ) -> std::io::Result<AcceptHandle> {
+        // Accepted sockets inherit TCP_NODELAY from their listener: set
+        // once here (on bound, inherited and systemd sockets alike), not
+        // once per connection.
+        socket2::SockRef::from(socket).set_tcp_nodelay(true)?;
         let listener = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
         let stop = self.proxy.drain.accepting().child_token();
         let leave_queue = Arc::new(AtomicBool::new(false));

@@ -223,6 +223,79 @@ fn an_answer_that_ends_with_the_fin_reaches_the_client_in_one_segment() {
     server.join().unwrap();
 }
 
+#[test]
+fn both_sockets_of_a_proxied_stream_have_nagle_off() {
+    // Nagle's algorithm on either of baton's sockets would hold a small
+    // write back until the last one is acknowledged: up to a delayed ACK's
+    // 40 ms per exchange. The sockets are baton's own; this process opens
+    // the very same ones (pidfd_getfd) to read their option.
+    let echo = Backend::echo();
+    let config = ConfigBuilder::new(&[&echo]);
+    let baton = Baton::start(&config.yaml());
+    let mut client = TcpStream::connect(config.listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"x").unwrap();
+    let mut back = [0u8; 1];
+    client.read_exact(&mut back).unwrap();
+
+    let ours = client.local_addr().unwrap();
+    let mut client_side = None;
+    let mut backend_side = None;
+    for socket in sockets_of(baton.pid()) {
+        let (Ok(local), Ok(peer)) = (socket.local_addr(), socket.peer_addr()) else {
+            continue;
+        };
+        let (local, peer) = (local.as_socket(), peer.as_socket());
+        if local == Some(config.listen) && peer == Some(ours) {
+            client_side = Some(socket.tcp_nodelay().unwrap());
+        } else if peer == Some(echo.addr) {
+            backend_side = Some(socket.tcp_nodelay().unwrap());
+        }
+    }
+    assert_eq!(client_side, Some(true), "the client's socket in baton");
+    assert_eq!(backend_side, Some(true), "the backend's socket in baton");
+}
+
+/// Every socket process `pid` holds, opened here as well (`pidfd_getfd`:
+/// the same open socket, so its options are the process's own).
+fn sockets_of(pid: i32) -> Vec<socket2::Socket> {
+    use nix::libc::{SYS_pidfd_getfd, SYS_pidfd_open, c_int, syscall};
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls on integers; each fd they return is owned by
+    // exactly one value below.
+    let pidfd = unsafe { syscall(SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as c_int) };
+    let mut sockets = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<c_int>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        use std::os::fd::AsRawFd;
+        let dup = unsafe { syscall(SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if dup >= 0 {
+            sockets.push(unsafe { socket2::Socket::from_raw_fd(dup as c_int) });
+        }
+    }
+    sockets
+}
+
 /// The kernel's TCP_INFO of a connected socket.
 fn tcp_info(socket: &TcpStream) -> nix::libc::tcp_info {
     use std::os::fd::AsRawFd;

@@ -224,7 +224,7 @@ async fn setup<'r>(
 ) -> Result<CopyPhase<'r>, Stop> {
     let listener: &str = name;
     let started = Instant::now();
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY: inherited from the listener (`Registry::spawn_accept`).
     let force = proxy.drain.force();
     let origin = proxy_header(&mut client, peer, listener, route, metrics, force).await?;
     let client = client_stream(client, &origin, listener, route, metrics, force).await?;
