@@ -162,14 +162,17 @@ fn an_answer_sent_just_before_a_backend_reset_reaches_the_client_whole() {
     server.join().unwrap();
     wait_until(
         Duration::from_secs(5),
-        "an access line for every round, each a backend error",
+        "an access line for every round, each a backend error with the reset's own message",
         || {
             let log = baton.log();
             let ends: Vec<_> = log
                 .lines()
                 .filter(|l| l.contains("backend_addr=") && l.contains(" sent="))
                 .collect();
-            ends.len() == ROUNDS && ends.iter().all(|l| l.contains("backend_error"))
+            ends.len() == ROUNDS
+                && ends
+                    .iter()
+                    .all(|l| l.contains("backend_error") && l.contains("os error 104"))
         },
     );
 }

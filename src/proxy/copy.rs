@@ -383,7 +383,7 @@ struct Pump {
     corked: bool,
     /// A read failed after bytes were read in the same turn: reported once
     /// they are written.
-    failed: Option<io::ErrorKind>,
+    failed: Option<io::Error>,
 }
 
 impl Pump {
@@ -424,6 +424,9 @@ impl Pump {
         counter: &IntCounter,
         pausing: bool,
     ) -> Poll<Result<(), Side>> {
+        // The look for a FIN after a short read found the source not ready
+        // and left this poll's waker with it: no second look needed.
+        let mut read_waits = false;
         loop {
             while !self.flight.bytes().is_empty() {
                 let bytes = self.flight.bytes();
@@ -445,11 +448,14 @@ impl Pump {
             }
             // All written: the buffer goes back to the pool before a wait.
             self.flight.release();
-            if let Some(kind) = self.failed.take() {
-                return Poll::Ready(Err(Side::Reading(kind.into())));
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(Side::Reading(e)));
             }
             if self.eof || pausing {
                 return Poll::Ready(Ok(()));
+            }
+            if read_waits {
+                return Poll::Pending;
             }
             // poll_read_ready keeps its waker in the socket's own slot: no
             // waiter node in this state, which lives as long as the stream.
@@ -472,7 +478,8 @@ impl Pump {
             });
             match read {
                 _ if got > 0 => {
-                    if got < buf.len() && src.poll_read_ready(cx).is_ready() {
+                    read_waits = got < buf.len() && src.poll_read_ready(cx).is_pending();
+                    if got < buf.len() && !read_waits {
                         // The socket is drained, yet ready: the FIN came
                         // (tokio keeps a seen FIN as readiness), or more
                         // bytes did. Read it now, so that these bytes and
@@ -491,7 +498,7 @@ impl Pump {
                                     e.kind(),
                                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                                 ) => {}
-                            Err(e) => self.failed = Some(e.kind()),
+                            Err(e) => self.failed = Some(e),
                         }
                     }
                     self.flight.hold(buffer, got);
